@@ -1,0 +1,32 @@
+"""What every command shares: consoles, error printing, quieting third-party progress bars."""
+
+from __future__ import annotations
+
+import sys
+from typing import NoReturn
+
+from rich.console import Console
+
+from tunesmith.errors import DataError, TunesmithError
+
+console = Console()
+console_err = Console(stderr=True)
+
+
+def fail(e: TunesmithError) -> NoReturn:
+    """Print a user-facing error (one line, or the first 20 problems of a dataset) and exit."""
+    if isinstance(e, DataError) and len(e.problems) > 1:
+        console_err.print(f"[bold red]error:[/] {len(e.problems)} problems found", highlight=False)
+        for line in str(e).splitlines():
+            console_err.print(f"  {line}", highlight=False, markup=False)
+    else:
+        console_err.print(f"[bold red]error:[/] {e}", highlight=False)
+    sys.exit(e.exit_code)
+
+
+def quiet_libraries() -> None:
+    """Silence transformers' own progress bars and advisory warnings (call after heavy imports are allowed)."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()

@@ -1,0 +1,1 @@
+"""Datasets: formats, validation, quality report, tokenization with completion-only labels."""

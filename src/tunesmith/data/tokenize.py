@@ -1,0 +1,114 @@
+"""Render examples with the tokenizer's chat template and build completion-only labels.
+
+Every example is a list of chat messages. The text trained on is exactly the chat template's rendering,
+so what the model learns matches what inference feeds it (`add_generation_prompt=True`). Labels are set
+only on assistant turns, and each turn's end-of-turn token (EOS) is supervised so the model learns to
+stop. Masks come from character spans mapped through the fast tokenizer's offsets: no guessing of token
+boundaries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tunesmith.errors import DataError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+IGNORE = -100  # label of a position that is not trained on (PyTorch's cross-entropy ignore_index)
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """One tokenized example. `labels[i]` is the target for predicting token i (unshifted)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    full_length: int  # tokens before truncation
+    supervised_lost: int  # supervised tokens cut off by max_length
+    roundtrip_ok: bool  # each assistant turn's prompt tokens equal what inference would feed
+
+    @property
+    def truncated(self) -> bool:
+        return self.full_length > len(self.input_ids)
+
+    @property
+    def supervised(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE)
+
+
+def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *, generation_prompt: bool) -> str:
+    """The chat template's text for `messages` (no tokenization)."""
+    return tokenizer.apply_chat_template(
+        list(messages), tokenize=False, add_generation_prompt=generation_prompt
+    )
+
+
+def supervised_spans(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]
+) -> tuple[str, list[tuple[int, int]], list[str]]:
+    """Full text, the character span of each assistant reply (content + EOS), and each reply's prompt text."""
+    eos = tokenizer.eos_token or ""
+    full = render(tokenizer, messages, generation_prompt=False)
+    spans: list[tuple[int, int]] = []
+    prompts: list[str] = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:i], generation_prompt=True)
+        upto = render(tokenizer, messages[: i + 1], generation_prompt=False)
+        if not (upto.startswith(prompt) and full.startswith(upto)):
+            raise DataError(
+                ["chat template: rendering is not incremental (a turn changes earlier text); "
+                 "completion-only labels cannot be placed. Use a model whose template keeps history."]
+            )
+        turn = upto[len(prompt):]
+        cut = turn.rfind(eos) if eos else -1
+        if cut >= 0:
+            end = len(prompt) + cut + len(eos)
+        elif i == len(messages) - 1:
+            full += eos  # template emits no EOS: append it so the model learns to stop
+            end = len(full)
+        else:
+            end = len(upto)
+        spans.append((len(prompt), end))
+        prompts.append(prompt)
+    return full, spans, prompts
+
+
+def encode(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], max_length: int | None = None
+) -> Encoded:
+    """Tokenize one example; labels on assistant replies only; truncate on the right to `max_length`."""
+    full, spans, prompts = supervised_spans(tokenizer, messages)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
+    labels = [IGNORE] * len(ids)
+    for start, end in spans:
+        for t, (a, b) in enumerate(offsets):
+            if b > a and a >= start and a < end:
+                labels[t] = ids[t]
+    roundtrip = all(_is_prefix(tokenizer, p, ids) for p in prompts)
+    n = len(ids)
+    lost = 0
+    if max_length is not None and n > max_length:
+        lost = sum(1 for x in labels[max_length:] if x != IGNORE)
+        ids, labels = ids[:max_length], labels[:max_length]
+    return Encoded(ids, labels, full_length=n, supervised_lost=lost, roundtrip_ok=roundtrip)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> list[int]:
+    """Token ids inference feeds the model for a reply to `messages` (generation prompt added)."""
+    text = render(tokenizer, messages, generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _is_prefix(tokenizer: PreTrainedTokenizerBase, prompt: str, ids: list[int]) -> bool:
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    return list(ids[: len(p)]) == list(p)

@@ -1,0 +1,1 @@
+"""Models: resolve a name to weights (local folder, hub id, built-in), load safely, adapters, merge."""

