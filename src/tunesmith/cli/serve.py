@@ -1,9 +1,215 @@
-"""CLI commands for serve."""
+"""`tunesmith generate`, `tunesmith chat` and `tunesmith serve`: use a base model, a run or an adapter."""
 
 from __future__ import annotations
 
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import typer
+
+from tunesmith.cli.common import console_err, quiet_libraries
+from tunesmith.errors import ConfigError, TunesmithError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tunesmith.serve.engine import Engine
+    from tunesmith.serve.generate import SamplingParams
+
+TARGET_HELP = "A model (built-in name, folder, hub id), a run folder, or an adapter folder."
+ADAPTER_HELP = "A LoRA adapter folder to put on top of the model."
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the root app."""
+    app.command()(generate)
+    app.command()(chat)
+    app.command()(serve)
+
+
+def generate(
+    target: str = typer.Argument(..., metavar="MODEL|RUN_DIR", help=TARGET_HELP),
+    prompt: str = typer.Argument(..., help="The user message ('-' reads it from stdin)."),
+    adapter: Path | None = typer.Option(None, "--adapter", help=ADAPTER_HELP),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Most tokens to generate."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
+    seed: int | None = typer.Option(None, "--seed", help="Makes sampling reproducible."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop before this text (repeatable)."),
+    system: str | None = typer.Option(None, "--system", help="A system message."),
+    raw: bool = typer.Option(False, "--raw", help="Feed the prompt as plain text, without the chat template."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
+) -> None:
+    """Generate one reply and stream it to stdout (stats go to stderr)."""
+    from tunesmith.data.tokenize import encode_prompt
+
+    text = sys.stdin.read() if prompt == "-" else prompt
+    model, tokenizer = _load(target, adapter, device)
+    if raw:
+        ids = list(tokenizer(text)["input_ids"])
+    else:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        ids = encode_prompt(tokenizer, messages)
+    _check_window(model, len(ids), max_tokens)
+    _stream_reply(model, tokenizer, ids, _params(max_tokens, temperature, top_p, seed, stop))
+
+
+def chat(
+    target: str = typer.Argument(..., metavar="MODEL|RUN_DIR", help=TARGET_HELP),
+    adapter: Path | None = typer.Option(None, "--adapter", help=ADAPTER_HELP),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Most tokens per reply."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
+    seed: int | None = typer.Option(None, "--seed", help="Makes sampling reproducible."),
+    system: str | None = typer.Option(None, "--system", help="A system message kept for the whole chat."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
+) -> None:
+    """Chat in the terminal: history is kept; /reset forgets it, /exit (or Ctrl-D) quits.
+
+    Reads stdin line by line, so a conversation can be piped in.
+    """
+    from tunesmith.serve.chat import Conversation
+
+    model, tokenizer = _load(target, adapter, device)
+    window = _context(model) - max_tokens
+    if window < 1:
+        raise ConfigError(f"--max-tokens {max_tokens} leaves no room for a prompt in a {_context(model)}-token window")
+    conversation = Conversation(tokenizer, system=system, max_prompt_tokens=window)
+    params = _params(max_tokens, temperature, top_p, seed, [])
+    interactive = sys.stdin.isatty()
+    if interactive:
+        console_err.print("[dim]/reset forgets the conversation, /exit quits[/]")
+    while (line := _read_line(">>> " if interactive else "")) is not None:
+        line = line.strip()
+        if line in ("/exit", "/quit"):
+            break
+        if line == "/reset":
+            conversation.reset()
+            console_err.print("[dim](conversation reset)[/]")
+            continue
+        if not line:
+            continue
+        try:
+            ids, dropped = conversation.prompt(line)
+        except TunesmithError as e:
+            console_err.print(f"[bold red]error:[/] {e}", highlight=False)
+            continue
+        if dropped:
+            console_err.print(f"[dim](forgot the {dropped} oldest exchange(s) to fit the context window)[/]")
+        reply = _stream_reply(model, tokenizer, ids, params, stats=False)
+        conversation.add(line, reply)
+
+
+def serve(
+    model: str = typer.Option("smollm2-135m", "--model", help="Base model to serve, or a run folder."),
+    adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH: serve an adapter or LoRA run folder "
+                                      "under NAME (repeatable)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback by default."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    api_key: str | None = typer.Option(None, "--api-key", envvar="TUNESMITH_API_KEY",
+                                       help="Require 'Authorization: Bearer KEY'; enables POST /v1/adapters."),
+    max_tokens_limit: int = typer.Option(512, "--max-tokens-limit", min=1, help="Largest max_tokens a request "
+                                         "may ask for (and chat's default)."),
+    max_prompt_tokens: int = typer.Option(4096, "--max-prompt-tokens", min=1, help="Longest prompt accepted."),
+    max_body_bytes: int = typer.Option(1_000_000, "--max-body-bytes", min=1, help="Largest request body."),
+    max_batch: int = typer.Option(16, "--max-batch", min=1, help="Requests for one model decoded together."),
+    max_queue: int = typer.Option(256, "--max-queue", min=1, help="Requests in flight before 503."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
+) -> None:
+    """Serve the model and its adapters over an OpenAI-compatible HTTP API."""
+    import uvicorn
+
+    from tunesmith.serve.app import ServeConfig, create_app, is_loopback
+
+    config = ServeConfig(host=host, port=port, api_key=api_key or None, max_body_bytes=max_body_bytes)
+    limits_args = {"max_tokens": max_tokens_limit, "max_prompt_tokens": max_prompt_tokens,
+                   "max_batch": max_batch, "max_queue": max_queue}
+    engine = _engine(model, [_adapter_arg(a) for a in adapter], device, limits_args)
+    if not is_loopback(host) and not config.api_key:
+        console_err.print(f"[bold yellow]warning:[/] listening on {host} without --api-key: anyone who can "
+                          "reach this port can use the model")
+    served = ", ".join(engine.model_ids())
+    console_err.print(f"serving {served} on http://{host}:{port}/v1", highlight=False)
+    uvicorn.run(create_app(engine, config), host=host, port=port, log_level="info",
+                timeout_graceful_shutdown=5)
+
+
+def _engine(model: str, adapters: list[tuple[str, str]], device: str, limits_args: dict[str, int]) -> Engine:
+    from tunesmith.model.adapters import resolve_target
+    from tunesmith.serve.engine import Engine, Limits
+
+    quiet_libraries()
+    target = resolve_target(model)
+    base_id = target.model.name if target.adapter is not None else target.label
+    engine = Engine(target.model, base_id=base_id, device=device, limits=Limits(**limits_args))
+    if target.adapter is not None:  # --model RUN_DIR of a LoRA run: serve its adapter under the run's name
+        engine.add_adapter(target.label, Path(model))
+    for name, path in adapters:
+        engine.add_adapter(name, path)
+    return engine
+
+
+def _adapter_arg(value: str) -> tuple[str, str]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise ConfigError(f"--adapter '{value}': expected NAME=PATH, e.g. --adapter support=runs/support")
+    return name, path
+
+
+def _load(target: str, adapter: Path | None, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from tunesmith.model.adapters import load_for_inference, resolve_target
+    from tunesmith.model.loading import pick_device
+    from tunesmith.serve.generate import inference_dtype
+
+    quiet_libraries()
+    dev = pick_device(device)
+    return load_for_inference(resolve_target(target, adapter), device=dev, dtype=inference_dtype(dev))
+
+
+def _params(max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: list[str]) -> SamplingParams:
+    from tunesmith.serve.generate import SamplingParams
+
+    if top_p <= 0:
+        raise ConfigError("--top-p must be above 0 (1 keeps every token)")
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop=tuple(stop))
+
+
+def _context(model: PreTrainedModel) -> int:
+    return int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+
+
+def _check_window(model: PreTrainedModel, prompt_tokens: int, max_tokens: int) -> None:
+    if prompt_tokens + max_tokens > _context(model):
+        raise ConfigError(f"prompt ({prompt_tokens} tokens) + --max-tokens {max_tokens} exceeds the model's "
+                          f"{_context(model)}-token window; shorten the prompt or lower --max-tokens")
+
+
+def _read_line(prompt: str) -> str | None:
+    try:
+        return input(prompt)
+    except EOFError:
+        return None
+
+
+def _stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int],
+                  params: SamplingParams, *, stats: bool = True) -> str:
+    """Print the reply as it is generated; return its text."""
+    from tunesmith.serve.generate import stream
+
+    start, parts, last = time.perf_counter(), [], None
+    for step in stream(model, tokenizer, ids, params):
+        sys.stdout.write(step.text)
+        sys.stdout.flush()
+        parts.append(step.text)
+        last = step
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if stats and last is not None:
+        seconds = time.perf_counter() - start
+        console_err.print(f"[dim]{last.completion_tokens} tokens in {seconds:.2f}s "
+                          f"({last.completion_tokens / max(seconds, 1e-9):.1f} tok/s), "
+                          f"finish: {last.finish_reason}[/]", highlight=False)
+    return "".join(parts)
+

@@ -1,0 +1,318 @@
+"""The OpenAI-compatible HTTP server: routes, API-key check, request limits, SSE streaming.
+
+Every refusal uses OpenAI's error shape `{"error": {"message", "type", "param", "code"}}` so the official
+clients raise their usual exceptions. Bad input is always a 4xx: FastAPI's own 422 is never produced
+because bodies are read (with a size cap) and validated here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import ipaddress
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from tunesmith.errors import TunesmithError
+from tunesmith.serve.generate import SamplingParams, Step
+from tunesmith.serve.protocol import (
+    AdapterRequest,
+    ApiError,
+    ChatRequest,
+    CompletionRequest,
+    chat_chunk,
+    chat_response,
+    completion_response,
+    model_card,
+    new_id,
+    parse,
+    usage,
+    usage_chunk,
+)
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from tunesmith.serve.engine import Engine, Job
+
+log = logging.getLogger(__name__)
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Network and security settings (generation limits live in `engine.Limits`)."""
+
+    host: str = "127.0.0.1"  # loopback only unless asked
+    port: int = 8000
+    api_key: str | None = None  # when set, every /v1 request needs `Authorization: Bearer <key>`
+    max_body_bytes: int = 1_000_000  # larger request bodies get 413
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def error_response(e: ApiError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+class Guard:
+    """ASGI middleware that refuses before any body is read: foreign Host headers on a loopback server
+    (DNS-rebinding from a web page) and bodies whose Content-Length is over the limit."""
+
+    def __init__(self, app: ASGIApp, config: ServeConfig):
+        self.app, self.config = app, config
+        self.check_host = is_loopback(config.host)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+            error = self._refusal(headers)
+            if error is not None:
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def _refusal(self, headers: dict[str, str]) -> ApiError | None:
+        host = headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.startswith("[") else host[1:].split("]")[0]
+        if self.check_host and name not in LOOPBACK_NAMES:
+            return ApiError(400, f"Host '{host}' refused: this server only answers loopback names",
+                            code="invalid_host")
+        length = headers.get("content-length", "0")
+        if not length.isdigit():
+            return ApiError(400, "Content-Length is not a number", code="invalid_request")
+        if int(length) > self.config.max_body_bytes:
+            return _too_large(self.config.max_body_bytes)
+        return None
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(413, f"request body is over this server's limit of {limit} bytes", code="body_too_large")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The JSON body, counted as it arrives (a chunked body has no Content-Length to check up front)."""
+    kind = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise ApiError(415, f"Content-Type '{kind}': send the body as application/json",
+                       code="unsupported_media_type")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def authorize(request: Request, api_key: str | None) -> None:
+    if api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
+        raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                       type="authentication_error", code="invalid_api_key")
+
+
+def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
+    """The FastAPI app serving `engine`. The engine is closed when the app shuts down."""
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await asyncio.to_thread(engine.close)
+
+    app = FastAPI(title="tunesmith", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.add_middleware(Guard, config=config)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+        return error_response(e)
+
+    @app.exception_handler(TunesmithError)
+    async def _user_error(_: Request, e: TunesmithError) -> JSONResponse:
+        return error_response(ApiError(400, str(e)))
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, e: HTTPException) -> JSONResponse:
+        text = f"{request.method} {request.url.path}: {e.detail}"
+        return error_response(ApiError(e.status_code, text, code="not_found" if e.status_code == 404 else None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, e: RequestValidationError) -> JSONResponse:
+        return error_response(ApiError(400, f"invalid request: {e.errors()[:1]}"))
+
+    @app.exception_handler(Exception)
+    async def _crash(_: Request, e: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return error_response(ApiError(500, "internal server error; see the server log", type="server_error"))
+
+    _add_routes(app, engine, config)
+    return app
+
+
+def _add_routes(app: FastAPI, engine: Engine, config: ServeConfig) -> None:
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "model": engine.base_id, "adapters": list(engine.adapters), **engine.stats()}
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> dict[str, Any]:
+        authorize(request, config.api_key)
+        cards = [model_card(engine.base_id, None)] + [model_card(a, engine.base_id) for a in engine.adapters]
+        return {"object": "list", "data": cards}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request) -> Any:
+        authorize(request, config.api_key)
+        req: ChatRequest = parse(ChatRequest, await read_body(request, config.max_body_bytes))
+        messages = [m.as_message() for m in req.messages]
+        prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+        max_tokens = req.requested_max_tokens() or engine.default_max_tokens(len(prompt))
+        return await _respond(engine, req, prompt, max_tokens, chat=True)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        authorize(request, config.api_key)
+        req: CompletionRequest = parse(CompletionRequest, await read_body(request, config.max_body_bytes))
+        prompt = await asyncio.to_thread(engine.text_prompt, req.prompt_text())
+        return await _respond(engine, req, prompt, req.requested_max_tokens(), chat=False)
+
+    @app.post("/v1/adapters", status_code=201)
+    async def add_adapter(request: Request) -> dict[str, Any]:
+        _authorize_admin(request, config.api_key)
+        req: AdapterRequest = parse(AdapterRequest, await read_body(request, config.max_body_bytes))
+        await asyncio.to_thread(engine.add_adapter, req.name, req.path)
+        return model_card(req.name, engine.base_id)
+
+    @app.delete("/v1/adapters/{name}")
+    async def remove_adapter(name: str, request: Request) -> dict[str, Any]:
+        _authorize_admin(request, config.api_key)
+        await asyncio.to_thread(engine.remove_adapter, name)
+        return {"id": name, "object": "model", "deleted": True}
+
+
+def _authorize_admin(request: Request, api_key: str | None) -> None:
+    """Loading files named by a request is only allowed to a client that proves it holds the key."""
+    if api_key is None:
+        raise ApiError(403, "adapter management is off: start the server with --api-key to enable it",
+                       type="permission_error", code="admin_disabled")
+    authorize(request, api_key)
+
+
+async def _respond(engine: Engine, req: ChatRequest | CompletionRequest, prompt: list[int], max_tokens: int,
+                   *, chat: bool) -> JSONResponse | StreamingResponse:
+    if req.n != 1:
+        raise ApiError(400, "n: this server returns one choice per request; omit n or send 1", param="n")
+    params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+                            seed=req.seed, stop=req.stop_strings())
+    loop, queue = asyncio.get_running_loop(), asyncio.Queue()
+    job = engine.submit(req.model, prompt, params, _emitter(loop, queue))
+    rid = new_id("chatcmpl" if chat else "cmpl")
+    if req.stream:
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        sse = _sse(job, queue, rid, len(prompt), chat=chat, include_usage=include_usage)
+        return StreamingResponse(sse, media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    text, last = [], None
+    try:
+        async for step in _steps(queue):
+            text.append(step.text)
+            last = step
+    finally:
+        job.cancel()  # no-op when finished; frees the row if this request was abandoned
+    assert last is not None and last.finish_reason is not None
+    use = usage(len(prompt), last.completion_tokens)
+    body = (chat_response(rid, req.model, "".join(text), last.finish_reason, use) if chat
+            else completion_response(rid, req.model, "".join(text), last.finish_reason, use))
+    return JSONResponse(body)
+
+
+def _emitter(loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Step | ApiError]) -> Any:
+    def emit(event: Step | ApiError) -> None:
+        with contextlib.suppress(RuntimeError):  # the event loop is gone (server stopped)
+            loop.call_soon_threadsafe(queue.put_nowait, event)
+
+    return emit
+
+
+async def _steps(queue: asyncio.Queue[Step | ApiError]) -> AsyncIterator[Step]:
+    """Steps of one request until it finishes; an ApiError from the worker is raised."""
+    while True:
+        event = await queue.get()
+        if isinstance(event, ApiError):
+            raise event
+        yield event
+        if event.finish_reason is not None:
+            return
+
+
+async def _sse(job: Job, queue: asyncio.Queue[Step | ApiError], rid: str, prompt_tokens: int, *, chat: bool,
+               include_usage: bool) -> AsyncIterator[str]:
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
+    model = job.model_id
+    try:
+        if chat:
+            yield _event(chat_chunk(rid, model, {"role": "assistant", "content": ""}, None))
+        async for step in _steps(queue):
+            if step.text:
+                yield _event(chat_chunk(rid, model, {"content": step.text}, None) if chat
+                             else completion_response(rid, model, step.text, None))
+            if step.finish_reason is not None:
+                yield _event(chat_chunk(rid, model, {}, step.finish_reason) if chat
+                             else completion_response(rid, model, "", step.finish_reason))
+                if include_usage:
+                    obj = "chat.completion.chunk" if chat else "text_completion"
+                    yield _event(usage_chunk(rid, model, obj, usage(prompt_tokens, step.completion_tokens)))
+        yield "data: [DONE]\n\n"
+    except ApiError as e:
+        yield _event(e.body())
+    finally:
+        job.cancel()  # the client went away mid-stream, or we are done: either way free the row
+
+
+def _event(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+@contextmanager
+def background_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
+    """Run `app` with uvicorn in a thread (tests, benchmarks); yields its base URL. Port 0 = any free one."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("server failed to start")
+            threading.Event().wait(0.02)
+        name = f"[{host}]" if ":" in host else host
+        yield f"http://{name}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

@@ -1,0 +1,272 @@
+"""One base model in memory, LoRA adapters on top of it, and one worker thread that owns them.
+
+Requests wait in a bounded FIFO queue. The worker takes the oldest request plus every queued request for
+the same model (up to `max_batch`) and decodes them together; other models wait their turn. Only the
+worker runs forward passes (torch already uses every core for one), and adapter loads take the same lock.
+
+Adapters are PEFT adapters loaded into one `PeftModel` under their serving names; the base model is served
+with the adapters switched off, so there is one copy of the base weights whatever the adapter count.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.data.tokenize import Message, encode_prompt
+from tunesmith.errors import ModelError
+from tunesmith.model.adapters import ADAPTER_WEIGHTS, is_adapter_dir, is_run_dir, read_manifest
+from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_tokenizer, pick_device
+from tunesmith.serve.generate import Row, SamplingParams, Step, decode, inference_dtype, new_row, stop_token_ids
+from tunesmith.serve.protocol import ApiError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+log = logging.getLogger(__name__)
+
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][\w.:\-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask for; beyond these the server answers 400, or 503 when the queue is full."""
+
+    max_tokens: int = 512  # largest max_tokens a request may ask for; chat's default when omitted
+    max_prompt_tokens: int = 4096  # also capped by the model's context window
+    max_batch: int = 16  # requests for one model decoded together
+    max_queue: int = 256  # requests waiting or running; more get 503
+
+
+@dataclass
+class Job:
+    """A request in the queue. `emit` receives each Step, or an ApiError if the request fails."""
+
+    model_id: str
+    row: Row
+    emit: Callable[[Step | ApiError], None]
+
+    def cancel(self) -> None:
+        self.row.cancelled = True
+
+
+@dataclass(frozen=True)
+class _Adapter:
+    path: Path
+    base_fingerprint: str | None  # of the base it was trained on, when its run folder says
+
+
+def adapter_folder(path: str | Path) -> tuple[Path, str | None]:
+    """The PEFT folder behind `path` (an adapter folder or a LoRA run folder) and, for a run, the
+    fingerprint of the base model it was trained on."""
+    path = Path(path).expanduser()
+    expected = None
+    if is_run_dir(path):
+        manifest = read_manifest(path)
+        if manifest.get("method") == "full":
+            raise ModelError(f"{path}: a full fine-tune is a whole model, not an adapter; serve it with --model")
+        expected = (manifest.get("base_model") or {}).get("fingerprint")
+        path = path / "adapter"
+    if not is_adapter_dir(path):
+        raise ModelError(f"{path}: not an adapter folder or a LoRA run folder (no adapter_config.json)")
+    if not (path / ADAPTER_WEIGHTS).is_file():
+        raise ModelError(f"{path}: adapter has no {ADAPTER_WEIGHTS} (only safetensors weights are loaded)")
+    return path, expected
+
+
+class Engine:
+    """The served models and the queue in front of them. Thread-safe; `close()` stops the worker."""
+
+    def __init__(
+        self, base: ModelRef, *, base_id: str | None = None, device: str = "auto", limits: Limits | None = None
+    ):
+        self.base = base
+        self.base_id = base_id or base.name
+        self.limits = limits or Limits()
+        self.device = pick_device(device)
+        self.model: PreTrainedModel = load_model(base, device=self.device, dtype=inference_dtype(self.device))
+        self.model.eval()
+        self.tokenizer = load_tokenizer(base)
+        self.eos_ids = stop_token_ids(self.model, self.tokenizer)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
+        self.adapters: dict[str, _Adapter] = {}
+        self._base_fingerprint: str | None = None
+        self._queue: list[Job] = []
+        self._running = 0
+        self._cond = threading.Condition()
+        self._model_lock = threading.Lock()  # held by the worker during a batch and by adapter loads
+        self._closing = False
+        self._worker = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
+        self._worker.start()
+
+    # -- models ---------------------------------------------------------------------------------------
+
+    def model_ids(self) -> list[str]:
+        return [self.base_id, *self.adapters]
+
+    def add_adapter(self, name: str, path: str | Path) -> None:
+        """Load an adapter under `name`; waits for the running batch to finish."""
+        if not ADAPTER_NAME.match(name):
+            raise ApiError(400, f"adapter name '{name}': use letters, digits and . _ : - (at most 64)",
+                           param="name")
+        if name == self.base_id or name in self.adapters:
+            raise ApiError(409, f"model '{name}' is already served; pick another name or delete it first",
+                           param="name", code="model_exists")
+        folder, expected = adapter_folder(path)
+        self._check_base(folder, expected)
+        with self._model_lock:
+            self._load(name, folder)
+            self.adapters[name] = _Adapter(folder, expected)
+        log.info("adapter %s loaded from %s", name, folder)
+
+    def remove_adapter(self, name: str) -> None:
+        if name not in self.adapters:
+            raise ApiError(404, f"adapter '{name}' is not loaded", param="name", code="model_not_found")
+        with self._model_lock:
+            del self.adapters[name]
+            self.model.delete_adapter(name)
+
+    def _check_base(self, folder: Path, expected: str | None) -> None:
+        """A run folder records its base model's hash: refuse an adapter trained on other weights."""
+        if expected is None or expected.startswith("hub:"):
+            return
+        if self._base_fingerprint is None:
+            self._base_fingerprint = fingerprint(self.base)
+        if expected != self._base_fingerprint:
+            raise ModelError(f"{folder}: trained on a different base model than '{self.base_id}' "
+                             f"(fingerprint {expected[:19]}… vs {self._base_fingerprint[:19]}…)")
+
+    def _load(self, name: str, folder: Path) -> None:
+        from peft import PeftModel
+
+        try:
+            if isinstance(self.model, PeftModel):
+                self.model.load_adapter(str(folder), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
+        except (RuntimeError, ValueError, KeyError, OSError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"{folder}: cannot load adapter on '{self.base_id}': {first[:300]}") from None
+        self.model.eval()
+
+    @contextmanager
+    def _use(self, model_id: str) -> Iterator[None]:
+        """Route forward passes to one adapter, or to the bare base model."""
+        if model_id != self.base_id:
+            self.model.set_adapter(model_id, inference_mode=True)
+            yield
+        elif self.adapters:
+            with self.model.disable_adapter():
+                yield
+        else:
+            yield
+
+    # -- requests -------------------------------------------------------------------------------------
+
+    def chat_prompt(self, messages: Sequence[Message]) -> list[int]:
+        try:
+            return encode_prompt(self.tokenizer, messages)
+        except Exception as e:  # a template may raise on roles or orders it does not support
+            raise ApiError(400, f"messages: the chat template rejected them: {e}", param="messages") from None
+
+    def text_prompt(self, text: str) -> list[int]:
+        return list(self.tokenizer(text)["input_ids"])
+
+    def submit(self, model_id: str, prompt_ids: list[int], params: SamplingParams,
+               emit: Callable[[Step | ApiError], None]) -> Job:
+        """Check a request against the limits and queue it. Raises ApiError (404/400/503)."""
+        if model_id not in self.model_ids():
+            raise ApiError(404, f"model '{model_id}' does not exist; served: {', '.join(self.model_ids())}",
+                           param="model", code="model_not_found")
+        self._check_lengths(len(prompt_ids), params.max_tokens)
+        job = Job(model_id, new_row(self.tokenizer, prompt_ids, params), emit)
+        with self._cond:
+            if len(self._queue) + self._running >= self.limits.max_queue:
+                raise ApiError(503, f"server busy: {self.limits.max_queue} requests in flight; retry shortly",
+                               type="server_error", code="server_busy")
+            self._queue.append(job)
+            self._cond.notify()
+        return job
+
+    def default_max_tokens(self, prompt_tokens: int) -> int:
+        """max_tokens when a chat request gives none: the server limit, within the context window."""
+        return max(1, min(self.limits.max_tokens, self.context - prompt_tokens))
+
+    def _check_lengths(self, prompt: int, max_tokens: int) -> None:
+        limit = min(self.limits.max_prompt_tokens, self.context - 1)
+        if prompt > limit:
+            raise ApiError(400, f"prompt has {prompt} tokens; this server accepts at most {limit}",
+                           param="messages", code="context_length_exceeded")
+        if max_tokens > self.limits.max_tokens:
+            raise ApiError(400, f"max_tokens {max_tokens} is over this server's limit of {self.limits.max_tokens}",
+                           param="max_tokens", code="max_tokens_exceeded")
+        if prompt + max_tokens > self.context:
+            raise ApiError(400, f"prompt ({prompt} tokens) + max_tokens ({max_tokens}) exceeds the model's "
+                           f"context window of {self.context} tokens", param="max_tokens",
+                           code="context_length_exceeded")
+
+    def stats(self) -> dict[str, Any]:
+        with self._cond:
+            return {"queued": len(self._queue), "running": self._running}
+
+    # -- the worker -----------------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while (batch := self._next_batch()) is not None:
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    self._running = 0
+
+    def _next_batch(self) -> list[Job] | None:
+        """The oldest live request and the queued ones for the same model (FIFO across models)."""
+        with self._cond:
+            while not self._closing:
+                self._queue = [j for j in self._queue if not j.row.cancelled]
+                if self._queue:
+                    head = self._queue[0].model_id
+                    batch = [j for j in self._queue if j.model_id == head][: self.limits.max_batch]
+                    self._queue = [j for j in self._queue if j not in batch]
+                    self._running = len(batch)
+                    return batch
+                self._cond.wait()
+            return None
+
+    def _run(self, batch: list[Job]) -> None:
+        import torch
+
+        with self._model_lock:
+            model_id = batch[0].model_id
+            if model_id not in self.model_ids():  # deleted while queued
+                error = ApiError(404, f"model '{model_id}' was removed", param="model", code="model_not_found")
+                for job in batch:
+                    job.emit(error)
+                return
+            try:
+                with torch.inference_mode(), self._use(model_id):
+                    for step in decode(self.model, [j.row for j in batch], self.eos_ids, self.pad_id):
+                        batch[step.index].emit(step)
+            except Exception:
+                log.exception("generation failed for %d request(s) on %s", len(batch), model_id)
+                error = ApiError(500, "generation failed inside the server; see its log", type="server_error")
+                for job in batch:
+                    if not job.row.done:
+                        job.emit(error)
+
+    def close(self) -> None:
+        """Stop the worker after the running batch; queued requests are told the server is stopping."""
+        with self._cond:
+            self._closing = True
+            pending, self._queue = self._queue, []
+            self._cond.notify_all()
+        for job in pending:
+            job.emit(ApiError(503, "server is shutting down", type="server_error", code="shutting_down"))
+        self._worker.join(timeout=30)
