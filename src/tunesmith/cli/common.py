@@ -6,6 +6,7 @@ import sys
 from typing import NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from tunesmith.errors import DataError, TunesmithError
 
@@ -18,9 +19,9 @@ def fail(e: TunesmithError) -> NoReturn:
     if isinstance(e, DataError) and len(e.problems) > 1:
         console_err.print(f"[bold red]error:[/] {len(e.problems)} problems found", highlight=False)
         for line in str(e).splitlines():
-            console_err.print(f"  {line}", highlight=False, markup=False)
+            console_err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)
     else:
-        console_err.print(f"[bold red]error:[/] {e}", highlight=False)
+        console_err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
     sys.exit(e.exit_code)
 
 

@@ -1,0 +1,5 @@
+"""`python -m tunesmith` (also what `torchrun -m tunesmith train ...` runs)."""
+
+from tunesmith.cli import main
+
+main()

@@ -1,0 +1,57 @@
+"""Merge a LoRA adapter into its base: W' = W + (alpha / r) * B @ A, saved as a plain model folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunesmith.errors import ModelError
+from tunesmith.model.adapters import resolve_target
+from tunesmith.model.loading import load_model, load_tokenizer
+
+PROBES = [
+    [{"role": "user", "content": "How do I reset my password?"}],
+    [{"role": "user", "content": "Write one sentence about the sea."}],
+    [{"role": "user", "content": "What is 12 + 30?"}],
+]
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    out: Path
+    max_abs_diff: float  # largest |logit difference| between adapter-on-base and merged model on probes
+    bytes: int
+
+
+def merge(target: str | Path, out: str | Path, *, adapter: str | Path | None = None,
+          force: bool = False) -> MergeResult:
+    """Merge the adapter of a run folder (or an adapter folder) into its base and save to `out`."""
+    import torch
+    from peft import PeftModel
+
+    from tunesmith.data.tokenize import encode_prompt
+
+    t = resolve_target(target, adapter)
+    if t.adapter is None:
+        raise ModelError(f"{target}: no LoRA adapter to merge (a full fine-tune is already a whole model)")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ModelError(f"{out}: folder exists and is not empty; choose another --out or pass --force")
+    tokenizer = load_tokenizer(t.model)
+    model = PeftModel.from_pretrained(load_model(t.model), str(t.adapter)).eval()
+    probes = [torch.tensor([encode_prompt(tokenizer, p)]) for p in PROBES]
+    with torch.no_grad():
+        before = [model(input_ids=ids).logits for ids in probes]
+        merged = model.merge_and_unload()
+        after = [merged(input_ids=ids).logits for ids in probes]
+    diff = max(float((a - b).abs().max()) for a, b in zip(before, after, strict=True))
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    merged.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+    return MergeResult(out=out, max_abs_diff=diff, bytes=size)

@@ -1,0 +1,213 @@
+"""The training loop: one function, both methods (LoRA and full), read top to bottom.
+
+Vocabulary: a *step* is one optimizer update; a *micro-batch* one forward/backward; *tokens* are real
+(non-pad) tokens; *targets* are supervised next-token predictions. The loss of a step is the mean over all
+its targets, however they are spread over micro-batches (and ranks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from tunesmith.data.tokenize import Encoded
+from tunesmith.errors import TrainingError
+from tunesmith.train import checkpoint
+from tunesmith.train.batching import collate, count_targets, epoch_order
+from tunesmith.train.distributed import Dist, broadcast_flag
+from tunesmith.train.loss import CompletionLoss
+
+log = logging.getLogger(__name__)
+
+
+class Guard(Protocol):
+    """Scores general skills during training (see tunesmith.evaluate.guard.TrainingGuard)."""
+
+    def check(self, model: nn.Module) -> tuple[dict[str, float], str]: ...
+
+
+@dataclass
+class Hooks:
+    """What a caller may watch: every step, every evaluation. Both receive the logged record."""
+
+    on_step: Callable[[dict[str, Any]], None] | None = None
+    on_eval: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class LoopSpec:
+    """Everything the loop needs besides the model: data, schedule, where to write."""
+
+    train: Sequence[Encoded]
+    eval: Sequence[Encoded]
+    pad_id: int
+    batch_size: int
+    grad_accum: int
+    total_steps: int
+    eval_every: int
+    save_every: int
+    keep_checkpoints: int
+    grad_clip: float
+    patience: int | None
+    seed: int
+    device: str
+    checkpoints: Any  # pathlib.Path of RUN/checkpoints
+    log_metrics: Callable[[dict[str, Any]], None]
+    guard: Guard | None = None
+    guard_stop: bool = False
+    dist: Dist = field(default_factory=Dist)
+
+    @property
+    def micro_per_step(self) -> int:
+        return self.grad_accum * self.dist.world
+
+
+def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int, world: int = 1) -> int:
+    micro = math.ceil(n_examples / batch_size)
+    return max(1, math.ceil(micro / (grad_accum * world)))
+
+
+def autocast(device: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; fp32 on CPU (bf16 is slower than fp32 on CPUs without AMX)."""
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def eval_loss(loss_fn: CompletionLoss, data: Sequence[Encoded], spec: LoopSpec) -> float:
+    """Mean cross-entropy per supervised target over `data` (dropout off)."""
+    model = loss_fn.model
+    was_training = model.training
+    model.eval()
+    total, n = 0.0, 0
+    order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
+    for start in range(0, len(order), spec.batch_size):
+        batch = collate([data[i] for i in order[start : start + spec.batch_size]], spec.pad_id).to(spec.device)
+        with autocast(spec.device):
+            loss_sum, count = loss_fn(batch.input_ids, batch.attention_mask, batch.labels)
+        total += float(loss_sum)
+        n += int(count)
+    model.train(was_training)
+    return total / max(n, 1)
+
+
+def run_loop(
+    loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, spec: LoopSpec,
+    state: checkpoint.TrainState, hooks: Hooks | None = None,
+) -> checkpoint.TrainState:
+    """Train from `state` until `spec.total_steps` (or early stop). `loss_fn` may be DDP-wrapped."""
+    hooks = hooks or Hooks()
+    inner: CompletionLoss = getattr(loss_fn, "module", loss_fn)
+    model, d = inner.model, spec.dist
+    params = [p for p in model.parameters() if p.requires_grad]
+    lengths = [len(e.input_ids) for e in spec.train]
+    model.train()
+    stop = False
+    while state.step < spec.total_steps and not stop:
+        order = epoch_order(lengths, spec.batch_size, spec.seed, state.epoch)
+        while state.batch_in_epoch < len(order) and state.step < spec.total_steps and not stop:
+            t0 = time.perf_counter()
+            micro = order[state.batch_in_epoch : state.batch_in_epoch + spec.micro_per_step]
+            mine = micro[d.rank :: d.world]
+            # Targets of the whole step, all ranks: every rank knows the order, so no communication needed.
+            step_targets = sum(count_targets(spec.train[i]) for b in micro for i in b)
+            optimizer.zero_grad(set_to_none=True)
+            loss_total, tokens = torch.zeros((), device=spec.device), 0
+            for k, indices in enumerate(mine):
+                batch = collate([spec.train[i] for i in indices], spec.pad_id).to(spec.device)
+                sync = contextlib.nullcontext()
+                if d.enabled and k < len(mine) - 1:
+                    sync = loss_fn.no_sync()  # all-reduce gradients once, on the last micro-batch
+                with sync, autocast(spec.device):
+                    loss_sum, _ = loss_fn(batch.input_ids, batch.attention_mask, batch.labels)
+                    # DDP averages gradients over ranks; scale so the result is the mean over all targets.
+                    (loss_sum * d.world / max(step_targets, 1)).backward()
+                loss_total += loss_sum.detach()
+                tokens += batch.tokens
+            loss = float(loss_total) / max(step_targets, 1)  # waits on the device
+            if d.enabled:
+                loss = _mean_over_ranks(loss_total, step_targets)
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"step {state.step + 1}: loss is {loss}; training stopped. Lower the learning rate "
+                    f"(--lr) or check the data; resume from the last checkpoint with --resume"
+                )
+            grad_norm = _clip(params, spec.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            dt = time.perf_counter() - t0
+            state.step += 1
+            state.batch_in_epoch += len(micro)
+            state.tokens += tokens * d.world
+            state.elapsed += dt
+            record = {"step": state.step, "epoch": round(state.epoch + state.batch_in_epoch / len(order), 4),
+                      "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
+                      "tokens_per_s": round(tokens * d.world / dt, 1), "tokens": state.tokens,
+                      "elapsed": round(state.elapsed, 3)}
+            spec.log_metrics(record)
+            if hooks.on_step:
+                hooks.on_step(record)
+            stop = _evaluate_and_save(inner, optimizer, scheduler, spec, state, hooks)
+        if state.batch_in_epoch >= len(order):
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    return state
+
+
+def _evaluate_and_save(
+    inner: CompletionLoss, optimizer: torch.optim.Optimizer, scheduler: Any, spec: LoopSpec,
+    state: checkpoint.TrainState, hooks: Hooks,
+) -> bool:
+    """Evaluate and checkpoint when due; return True to stop early (patience or guard)."""
+    last = state.step >= spec.total_steps
+    improved, stop = False, False
+    if spec.eval and (state.step % spec.eval_every == 0 or last):
+        loss = eval_loss(inner, spec.eval, spec)
+        improved = state.best_eval_loss is None or loss < state.best_eval_loss
+        if improved:
+            state.best_eval_loss, state.best_step, state.evals_since_best = loss, state.step, 0
+        else:
+            state.evals_since_best += 1
+        record: dict[str, Any] = {"step": state.step, "eval_loss": round(loss, 6),
+                                  "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}
+        if spec.guard is not None and spec.dist.main:
+            metrics, verdict = spec.guard.check(inner.model)
+            record.update(metrics)
+            record["guard_verdict"] = verdict
+            stop = spec.guard_stop and verdict == "fail"
+        if spec.patience is not None and state.evals_since_best >= spec.patience:
+            record["early_stop"] = f"no better eval loss in {spec.patience} evaluations"
+            stop = True
+        spec.log_metrics(record)
+        if hooks.on_eval:
+            hooks.on_eval(record)
+        stop = broadcast_flag(spec.dist, stop)
+    if spec.dist.main and (state.step % spec.save_every == 0 or last or improved or stop):
+        checkpoint.save(spec.checkpoints, inner.model, optimizer, scheduler, state, best=improved)
+        checkpoint.prune(spec.checkpoints, spec.keep_checkpoints)
+    return stop
+
+
+def _clip(params: list[nn.Parameter], max_norm: float) -> float:
+    if max_norm > 0:
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
+    return float(torch.stack(grads).norm()) if grads else 0.0
+
+
+def _mean_over_ranks(loss_sum: torch.Tensor, step_targets: int) -> float:
+    import torch.distributed as dist
+
+    t = loss_sum.detach().double().reshape(1)
+    dist.all_reduce(t)
+    return float(t) / max(step_targets, 1)

@@ -1,0 +1,283 @@
+"""Training engine: properties of LoRA, the loss, checkpoints and resume, on a tiny local model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tunesmith.config import LoraSettings, load_config
+from tunesmith.data.tokenize import encode
+from tunesmith.errors import RunError, TrainingError
+from tunesmith.model.loading import load_model, load_tokenizer
+from tunesmith.model.lora import add_lora
+from tunesmith.train.batching import collate, epoch_order
+from tunesmith.train.loss import CompletionLoss
+from tunesmith.train.optim import lr_factor
+from tunesmith.train.run import train
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [{"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."} for i in range(40)]
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _config(data: Path, model: Path, out: Path, **kw):
+    base = dict(data=str(data), model=str(model), out=str(out), max_steps=6, batch_size=4, lr=5e-3,
+                guard=False, threads=1, eval_every=3)
+    base.update(kw)
+    return load_config(None, **base)
+
+
+def _batch(tokenizer, n: int = 3):
+    msgs = [[{"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": f"It is {i + 1}."}]
+            for i in range(n)]
+    return collate([encode(tokenizer, m) for m in msgs], tokenizer.pad_token_id)
+
+
+def test_lora_at_init_changes_no_logits(tiny_model_dir, tiny_tokenizer):
+    model = load_model(str(tiny_model_dir)).eval()
+    b = _batch(tiny_tokenizer)
+    before = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    peft_model = add_lora(model, LoraSettings(r=4, alpha=8, dropout=0.0)).eval()
+    after = peft_model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    assert torch.equal(before, after)
+
+
+def test_completion_loss_matches_transformers_loss(tiny_model_dir, tiny_tokenizer):
+    model = load_model(str(tiny_model_dir)).eval()
+    b = _batch(tiny_tokenizer)
+    loss_fn = CompletionLoss(model)
+    assert loss_fn.check_fast_path(b.input_ids, b.attention_mask)  # the head-on-targets path is exact here
+    with torch.no_grad():
+        loss_sum, n = loss_fn(b.input_ids, b.attention_mask, b.labels)
+        reference = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss
+    assert int(n) == b.targets
+    assert float(loss_sum / n) == pytest.approx(float(reference), rel=1e-5)
+
+
+def test_epoch_order_is_a_deterministic_permutation():
+    lengths = [5, 50, 7, 9, 31, 2, 8, 40, 11, 3]
+    a = epoch_order(lengths, 3, seed=1, epoch=0)
+    assert a == epoch_order(lengths, 3, seed=1, epoch=0)
+    assert a != epoch_order(lengths, 3, seed=1, epoch=1)
+    assert sorted(i for b in a for i in b) == list(range(10))
+
+
+def test_schedule_warms_up_then_decays():
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(55, 100, 10, "linear") == pytest.approx(0.5)
+    assert lr_factor(99, 100, 0, "constant") == 1.0
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny_model_dir, qa_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lora"
+    return train(_config(qa_file, tiny_model_dir, out))
+
+
+def test_lora_run_folder_describes_itself(lora_run, tiny_model_dir):
+    run = lora_run.run_dir
+    for name in ("config.yaml", "manifest.json", "metrics.jsonl", "data/train.jsonl", "data/eval.jsonl",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "checkpoints/latest"):
+        assert (run / name).is_file(), name
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["base_model"]["fingerprint"].startswith("sha256:")
+    assert manifest["data"]["train"]["sha256"].startswith("sha256:")
+    assert manifest["result"]["steps"] == 6
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    assert [r["step"] for r in lines if "eval_loss" in r] == [3, 6]
+    # The adapter is small next to the model.
+    model_bytes = (Path(tiny_model_dir) / "model.safetensors").stat().st_size
+    assert lora_run.output_bytes < model_bytes
+
+
+def test_lora_trains_only_adapter_weights(lora_run, tiny_model_dir):
+    ckpts = lora_run.run_dir / "checkpoints"
+    ckpt = load_file(str(ckpts / (ckpts / "latest").read_text() / "weights.safetensors"))
+    assert ckpt and all("lora_" in k for k in ckpt)
+    from peft import PeftModel
+
+    base = load_model(str(tiny_model_dir))
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    tuned = PeftModel.from_pretrained(base, str(lora_run.output))
+    for name, tensor in tuned.get_base_model().state_dict().items():
+        if "lora_" not in name and ".base_layer." not in name and name in original:
+            assert torch.equal(tensor, original[name]), name
+    assert any(float(v.abs().max()) > 0 for k, v in ckpt.items() if "lora_B" in k)  # B moved off zero
+
+
+def test_adapter_loads_in_vanilla_peft_with_equal_logits(lora_run, tiny_model_dir, tiny_tokenizer):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tunesmith.model.adapters import load_for_inference, resolve_target
+
+    b = _batch(tiny_tokenizer)
+    vanilla = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)),
+                                        str(lora_run.output)).eval()
+    ours, _ = load_for_inference(resolve_target(str(lora_run.run_dir)))
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    with torch.no_grad():
+        a = vanilla(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        c = ours(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        z = base(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    assert torch.allclose(a, c, atol=1e-6)
+    assert not torch.allclose(a, z, atol=1e-4)  # training changed the model
+
+
+def test_merged_equals_unmerged(lora_run, tmp_path, tiny_tokenizer):
+    from tunesmith.model.adapters import load_for_inference, resolve_target
+    from tunesmith.model.merge import merge
+
+    result = merge(lora_run.run_dir, tmp_path / "merged")
+    assert result.max_abs_diff < 1e-4
+    assert not list((tmp_path / "merged").glob("adapter_*"))
+    b = _batch(tiny_tokenizer)
+    merged = load_model(str(tmp_path / "merged")).eval()
+    peft_model, _ = load_for_inference(resolve_target(str(lora_run.run_dir)))
+    with torch.no_grad():
+        a = merged(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+        c = peft_model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits
+    assert torch.allclose(a, c, atol=1e-4)
+
+
+def test_eval_loss_goes_down(lora_run):
+    evals = [json.loads(x)["eval_loss"] for x in (lora_run.run_dir / "metrics.jsonl").read_text().splitlines()
+             if "eval_loss" in x]
+    assert evals[-1] < evals[0]
+
+
+def test_full_fine_tune_writes_a_complete_model(tiny_model_dir, qa_file, tmp_path):
+    r = train(_config(qa_file, tiny_model_dir, tmp_path / "full", method="full", lr=1e-3, max_steps=3))
+    assert (r.output / "config.json").is_file() and (r.output / "model.safetensors").is_file()
+    assert (r.output / "tokenizer_config.json").is_file()
+    tuned, base = load_model(str(r.output)), load_model(str(tiny_model_dir))
+    changed = [n for n, p in tuned.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert changed
+
+
+def test_non_finite_loss_stops_naming_the_step(tiny_model_dir, qa_file, tmp_path, monkeypatch):
+    real = CompletionLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args):  # the third micro-batch overflows
+        calls["n"] += 1
+        loss, n = real(self, *args)
+        return (loss * float("nan") if calls["n"] == 3 else loss), n
+
+    monkeypatch.setattr(CompletionLoss, "forward", poisoned)
+    cfg = _config(qa_file, tiny_model_dir, tmp_path / "nan", max_steps=5, eval_every=50, save_every=1)
+    with pytest.raises(TrainingError, match=r"^step 3: loss is nan; training stopped"):
+        train(cfg)
+    assert (tmp_path / "nan" / "checkpoints" / "latest").read_text() == "step-000002"
+
+
+def test_resume_refuses_foreign_or_empty_folders(tiny_model_dir, qa_file, tmp_path, lora_run):
+    with pytest.raises(RunError, match="not a tunesmith run folder"):
+        train(_config(qa_file, tiny_model_dir, tmp_path), resume=True)
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
+    with pytest.raises(RunError, match="training data differs"):
+        train(_config(other, tiny_model_dir, lora_run.run_dir), resume=True)
+    with pytest.raises(RunError, match="folder exists and is not empty"):
+        train(_config(qa_file, tiny_model_dir, lora_run.run_dir))
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tiny_model_dir, qa_file, tmp_path, monkeypatch):
+    from tunesmith.train import checkpoint
+
+    cfg = _config(qa_file, tiny_model_dir, tmp_path / "crash", max_steps=4, eval_every=2, save_every=2)
+    real = checkpoint.save_file
+    calls = {"n": 0}
+
+    def flaky(tensors, filename):  # the second save dies half-way, as a kill would
+        calls["n"] += 1
+        if calls["n"] == 2:
+            Path(filename).write_bytes(b"partial")
+            raise KeyboardInterrupt
+        real(tensors, filename)
+
+    monkeypatch.setattr(checkpoint, "save_file", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    monkeypatch.setattr(checkpoint, "save_file", real)
+    ckpts = tmp_path / "crash" / "checkpoints"
+    assert (ckpts / "latest").read_text() == "step-000002"
+    r = train(cfg, resume=True)
+    assert r.state.step == 4
+    assert not list(ckpts.glob(".step-*"))  # the half-written folder was cleaned up
+
+
+def _cli(*args: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "tunesmith", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_equals_uninterrupted(tiny_model_dir, qa_file, tmp_path):
+    common = ["--model", str(tiny_model_dir), "--max-steps", "300", "--batch-size", "4", "--lr", "1e-3",
+              "--save-every", "5", "--eval-every", "100", "--threads", "1", "--no-guard", "--lora-dropout", "0.1"]
+    ref = _cli("train", str(qa_file), "--out", str(tmp_path / "ref"), *common)
+    assert ref.wait(timeout=300) == 0, ref.stderr.read()
+
+    victim = _cli("train", str(qa_file), "--out", str(tmp_path / "killed"), *common)
+    latest = tmp_path / "killed" / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if latest.is_file() and latest.read_text() >= "step-000020":
+            break
+        time.sleep(0.01)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    killed_at = latest.read_text()
+    assert killed_at < "step-000300", "the run finished before it could be killed"
+    resumed = _cli("train", "--resume", str(tmp_path / "killed"))
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()
+    a = load_file(str(tmp_path / "ref" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+             if '"loss"' in x]
+    assert steps == list(range(1, 301))  # no step logged twice after the resume
+
+
+def test_cli_end_to_end_ten_steps(tiny_model_dir, qa_file, tmp_path):
+    out = tmp_path / "run"
+    p = _cli("train", str(qa_file), "--model", str(tiny_model_dir), "--out", str(out), "--max-steps", "10",
+             "--batch-size", "4", "--no-guard", "--threads", "1")
+    stdout, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr
+    assert "Training settings" in stdout and "done" in stdout
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert json.loads((out / "manifest.json").read_text())["result"]["steps"] == 10
+    assert math.isfinite(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1]).get("eval_loss", 0))
+
+
+def test_cli_config_errors_are_one_line(tmp_path, qa_file):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("learning_rate: 0.1\n")
+    p = _cli("train", str(qa_file), "--config", str(bad))
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 2
+    assert stderr.strip().splitlines() == [f"error: {bad}: unknown setting 'learning_rate'; did you mean 'lr'?"]
+    p = _cli("train", "--resume", str(tmp_path))
+    _, stderr = p.communicate(timeout=60)
+    assert p.returncode == 2 and "nothing to resume" in stderr and "Traceback" not in stderr
