@@ -1,0 +1,49 @@
+"""Write the example datasets in this folder. Deterministic: same files on every run.
+
+    python examples/make_examples.py
+
+- support.jsonl      prompt/completion, 400 rows: support chatbot of Kettlebird, a fictional kettle maker
+- persona.jsonl      chat messages, 200 rows (50 multi-turn): Captain Saltbeard, a sarcastic pirate
+- sql.jsonl          chat messages, 220 rows: text-to-SQL for the schema in sql_schema.sql
+- glossary.csv       prompt/completion as CSV, 24 rows: fine-tuning terms explained
+- plain_english.json Alpaca (instruction/input/output) as a JSON array, 20 rows: rewrite jargon plainly
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _persona  # noqa: E402
+import _small  # noqa: E402
+import _sql  # noqa: E402
+import _support  # noqa: E402
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    write_jsonl(HERE / "support.jsonl", _support.make(random.Random(1)))
+    write_jsonl(HERE / "persona.jsonl", _persona.make(random.Random(2)))
+    write_jsonl(HERE / "sql.jsonl", _sql.make(random.Random(3)))
+    with (HERE / "glossary.csv").open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["prompt", "completion"])
+        writer.writerows(_small.GLOSSARY)
+    rows = [{"instruction": i, "input": x, "output": o} for i, x, o in _small.PLAIN_ENGLISH]
+    (HERE / "plain_english.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n",
+                                             encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
