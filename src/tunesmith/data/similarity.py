@@ -8,6 +8,7 @@ are left out of the compared text: a shared system prompt is by design, not dupl
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import unicodedata
@@ -75,10 +76,18 @@ def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
+@functools.cache
+def _template():  # -> datasketch.MinHash
+    from datasketch import MinHash
+
+    return MinHash(num_perm=NUM_PERM, seed=1)  # drawing the permutations is most of a MinHash's cost
+
+
 def _minhash(sh: set[str]):  # -> datasketch.MinHash
     from datasketch import MinHash
 
-    m = MinHash(num_perm=NUM_PERM, seed=1)
+    t = _template()
+    m = MinHash(num_perm=NUM_PERM, seed=1, permutations=t.permutations, scheme=t.scheme)
     m.update_batch(s.encode("utf-8") for s in sorted(sh))
     return m
 
