@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -100,6 +101,8 @@ class Engine:
         self._base_fingerprint: str | None = None
         self._queue: list[Job] = []
         self._running = 0
+        self._batches = 0  # batches run so far, and the largest: shows whether requests get batched
+        self._largest_batch = 0
         self._cond = threading.Condition()
         self._model_lock = threading.Lock()  # held by the worker during a batch and by adapter loads
         self._closing = False
@@ -131,7 +134,10 @@ class Engine:
             raise ApiError(404, f"adapter '{name}' is not loaded", param="name", code="model_not_found")
         with self._model_lock:
             del self.adapters[name]
-            self.model.delete_adapter(name)
+            if self.adapters:
+                self.model.delete_adapter(name)
+            else:  # PEFT keeps a dangling active adapter when the last one goes: unwrap the base instead
+                self.model = self.model.unload()
 
     def _check_base(self, folder: Path, expected: str | None) -> None:
         """A run folder records its base model's hash: refuse an adapter trained on other weights."""
@@ -147,10 +153,13 @@ class Engine:
         from peft import PeftModel
 
         try:
-            if isinstance(self.model, PeftModel):
-                self.model.load_adapter(str(folder), adapter_name=name)
-            else:
-                self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
+            with warnings.catch_warnings():
+                # PEFT calls an API transformers 5 deprecates; nothing for the user to act on.
+                warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+                if isinstance(self.model, PeftModel):
+                    self.model.load_adapter(str(folder), adapter_name=name)
+                else:
+                    self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name)
         except (RuntimeError, ValueError, KeyError, OSError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelError(f"{folder}: cannot load adapter on '{self.base_id}': {first[:300]}") from None
@@ -214,7 +223,8 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         with self._cond:
-            return {"queued": len(self._queue), "running": self._running}
+            return {"queued": len(self._queue), "running": self._running, "batches": self._batches,
+                    "largest_batch": self._largest_batch}
 
     # -- the worker -----------------------------------------------------------------------------------
 
@@ -236,6 +246,8 @@ class Engine:
                     batch = [j for j in self._queue if j.model_id == head][: self.limits.max_batch]
                     self._queue = [j for j in self._queue if j not in batch]
                     self._running = len(batch)
+                    self._batches += 1
+                    self._largest_batch = max(self._largest_batch, len(batch))
                     return batch
                 self._cond.wait()
             return None
