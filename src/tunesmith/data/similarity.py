@@ -21,6 +21,7 @@ from tunesmith.data.formats import Example
 NEAR_THRESHOLD = 0.85  # Jaccard similarity of 5-gram sets above which two examples are near duplicates
 SHINGLE = 5
 NUM_PERM = 128
+LSH_MARGIN = 0.2
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
@@ -97,7 +98,9 @@ def _index(examples: Sequence[Example], threshold: float) -> tuple[_Index, list]
 
     sets = [shingles(compared_text(ex)) for ex in examples]
     hashes = [_minhash(s) for s in sets]
-    lsh = MinHashLSH(threshold=threshold, num_perm=NUM_PERM)
+    # LSH only proposes candidates; a lower bar than `threshold` keeps it from missing pairs just above it
+    # (its recall near the threshold is poor), and the exact Jaccard check then decides.
+    lsh = MinHashLSH(threshold=max(0.3, threshold - LSH_MARGIN), num_perm=NUM_PERM)
     for i, h in enumerate(hashes):
         lsh.insert(i, h)
     return _Index(sets, lsh), hashes
