@@ -1,6 +1,6 @@
 """Write the example datasets in this folder. Deterministic: same files on every run.
 
-    python examples/make_examples.py
+    python examples/make_examples.py [OUT_DIR]   # default: this folder
 
 - support.jsonl      prompt/completion, 400 rows: support chatbot of Kettlebird, a fictional kettle maker
 - persona.jsonl      chat messages, 200 rows (50 multi-turn): Captain Saltbeard, a sarcastic pirate
@@ -32,18 +32,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def main() -> None:
-    write_jsonl(HERE / "support.jsonl", _support.make(random.Random(1)))
-    write_jsonl(HERE / "persona.jsonl", _persona.make(random.Random(2)))
-    write_jsonl(HERE / "sql.jsonl", _sql.make(random.Random(3)))
-    with (HERE / "glossary.csv").open("w", encoding="utf-8", newline="") as f:
+def main(out: Path = HERE) -> None:
+    """Write every dataset into `out` (this folder by default)."""
+    write_jsonl(out / "support.jsonl", _support.make(random.Random(1)))
+    write_jsonl(out / "persona.jsonl", _persona.make(random.Random(2)))
+    write_jsonl(out / "sql.jsonl", _sql.make(random.Random(3)))
+    with (out / "glossary.csv").open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
         writer.writerow(["prompt", "completion"])
         writer.writerows(_small.GLOSSARY)
     rows = [{"instruction": i, "input": x, "output": o} for i, x, o in _small.PLAIN_ENGLISH]
-    (HERE / "plain_english.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n",
-                                             encoding="utf-8")
+    (out / "plain_english.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]) if len(sys.argv) > 1 else HERE)
