@@ -80,6 +80,7 @@ def test_leakage_exact_prompt_and_near_text():
 @pytest.mark.parametrize(("text", "name"), [
     ("write to jane.doe@gmail.com", "email address"),
     ("call me on +1 555 123 4567", "phone number"),
+    ("call +44 20 7946 0958.", "phone number"),
     ("or (555) 123-4567 after six", "phone number"),
     ("my key is sk-proj-abcdefghijklmnopqrstuvwx", "OpenAI-style API key"),
     ("aws AKIAIOSFODNN7EXAMPLE here", "AWS access key id"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -118,7 +119,7 @@ def _print_report(r: Report, model: str) -> None:
     if r.leakage is not None:
         _leak_rows(t, r)
     console.print(t)
-    _print_verdict(r.to_dict()["verdict"])
+    _print_verdict(asdict(r.verdict))
 
 
 def _token_rows(t: Table, r: Report, model: str) -> None:
@@ -162,7 +163,8 @@ def _mark(ok: bool, text: str, bad: bool = False) -> str:
 
 def _groups(groups: list[list[str]]) -> str:
     shown = "; ".join(", ".join(g) for g in groups[:SHOWN]) + (" …" if len(groups) > SHOWN else "")
-    return _mark(not groups, f"{len(groups)} groups" + (f": {shown}" if groups else ""))
+    count = f"{len(groups)} group{'' if len(groups) == 1 else 's'}"
+    return _mark(not groups, count + (f": {shown}" if groups else ""))
 
 
 def _hits(hits: list[Any], bad: bool) -> str:
