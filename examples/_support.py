@@ -366,7 +366,10 @@ def make(rng: random.Random, count: int = 400) -> list[dict[str, str]]:
         seen.add(key)
         answers = [a for a in intent["a"] if _names(a) <= _names(question)]
         assert answers, f"no answer fits {question!r}"
-        opener = rng.choice(SORRY if intent.get("tone") == "sorry" else OPENERS)
+        openers = SORRY if intent.get("tone") == "sorry" else OPENERS
+        if not prompt.endswith("?"):  # a request or a complaint is not a question to praise
+            openers = [o for o in openers if "ask" not in o and "question" not in o]
+        opener = rng.choice(openers)
         body = rng.choice(answers).format(**slots)
         completion = f"{opener} {body} {rng.choice(CLOSERS)} {SIGN_OFF}"
         if distinct.add([{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]):
