@@ -127,6 +127,15 @@ def test_json_must_be_an_array_of_objects(tmp_path):
                                f"{path}:[2]: record: expected a JSON object, got number"]
 
 
+def test_one_pretty_printed_object_is_not_jsonl(tmp_path):
+    path = _write(tmp_path, "d.json", json.dumps({"prompt": "a", "completion": "b"}, indent=2))
+    assert _problems(path) == [
+        f"{path}: json: expected a JSON array of examples (or JSONL, one object per line), got one object"
+    ]
+    path = _write(tmp_path, "e.json", json.dumps({"prompt": "a", "completion": "b"}))
+    assert len(load_examples(path)) == 1  # one line: a one-record JSONL file
+
+
 def test_wrong_types(tmp_path):
     path = _jsonl(tmp_path, [{"prompt": ["a"], "completion": None}, {"messages": {"role": "user"}},
                              {"messages": ["hi", {"role": 1, "content": True}]}], name="d.jsonl")

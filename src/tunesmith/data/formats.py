@@ -124,7 +124,7 @@ def _read_records(path: Path, name: str) -> list[_Record]:
     text = _decode(raw, name)
     if path.suffix.lower() == ".csv":
         records = _read_csv(text, name)
-    elif text.lstrip().startswith("["):
+    elif text.lstrip().startswith("[") or _one_json_object(text):
         records = _read_json_array(text, name)
     else:
         records = _read_jsonl(text, name)
@@ -163,13 +163,24 @@ def _read_jsonl(text: str, name: str) -> list[_Record]:
     return records
 
 
+def _one_json_object(text: str) -> bool:
+    """A whole file that is one (pretty-printed) JSON object, rather than JSONL."""
+    if "\n" not in text.strip():
+        return False  # a single line is a one-record JSONL file
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
+
+
 def _read_json_array(text: str, name: str) -> list[_Record]:
     try:
         items = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError([f"{name}:{e.lineno}: json: {e.msg} (column {e.colno})"]) from None
     if not isinstance(items, list):
-        raise DataError([f"{name}: json: expected a JSON array of examples, got {json_type(items)}"])
+        raise DataError([f"{name}: json: expected a JSON array of examples (or JSONL, one object per line), "
+                         f"got one {json_type(items)}"])
     return [_Record(f"{name}:[{i}]", item) for i, item in enumerate(items)]
 
 
