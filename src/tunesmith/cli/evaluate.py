@@ -1,9 +1,126 @@
-"""CLI commands for evaluate."""
+"""`tunesmith eval`: the tuned model against its base on the target task and the broad suite, with a verdict.
+
+Exit codes: 0 when the verdict is pass or warn (a warning is printed), 1 when it is fail (so a pipeline
+can gate on it), 2 on a user mistake (bad path, bad option, invalid data).
+"""
 
 from __future__ import annotations
 
+import json
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+from tunesmith.cli.common import console, console_err, quiet_libraries
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+EXIT_FAIL = 1
+VERDICT_STYLE = {"pass": "bold green", "warn": "bold yellow", "fail": "bold red"}
+THRESHOLDS_HELP = (
+    "NAME=VALUE,... from warn (0.05), fail (0.10): accuracy/refusal drops in points; ppl_warn (0.10), "
+    "ppl_fail (0.25): relative perplexity rise; confidence (0.95); resamples (2000)."
+)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add `eval` to the root app."""
+
+    @app.command("eval")
+    def eval_cmd(
+        target: str = typer.Argument(..., help="Run folder, adapter folder, or model (built-in name, folder, hub id)."),
+        adapter: str | None = typer.Option(None, "--adapter", help="LoRA adapter folder to put on the model."),
+        base: str | None = typer.Option(None, "--base", help="Model to compare against [default: the tuned model's base]."),
+        data: str | None = typer.Option(None, "--data", help="Target-task examples [default: RUN/data/eval.jsonl]."),
+        suite: str = typer.Option("general,safety", "--suite", help="Suite parts: general, safety, task names, or none."),
+        keep: list[str] | None = typer.Option(None, "--keep", help="JSONL of items the model must keep right (repeatable)."),
+        out: str | None = typer.Option(None, "--out", "-o", help="Report folder [default: RUN/eval, else eval/NAME]."),
+        thresholds: str | None = typer.Option(None, "--thresholds", help=THRESHOLDS_HELP),
+        limit: int = typer.Option(64, "--limit", min=0, help="Target-task examples scored (the first ones)."),
+        device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+        as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
+    ) -> None:
+        """Compare a fine-tuned model with its base. Exit 0: pass or warn; 1: fail; 2: bad input."""
+        from tunesmith.evaluate.guard import parse_thresholds
+        from tunesmith.evaluate.runner import EvalOptions, gather_tasks, out_dir, run_dir_of
+
+        opts = EvalOptions(
+            target=target, adapter=adapter, base=base, data=data, suite=suite, keep=tuple(keep or ()), out=out,
+            thresholds=parse_thresholds(thresholds), limit=limit, device=device,
+        )
+        gather_tasks(opts)  # a bad --suite or --keep file fails here, before any model loads
+        report = _run(opts, quiet=as_json)
+        from tunesmith.evaluate.report import write
+
+        paths = write(report, out_dir(opts, report["tuned"]["label"]), run_dir_of(opts))
+        if as_json:
+            typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
+        else:
+            _print(report, paths["html"])
+        if report["verdict"] == "fail":
+            raise typer.Exit(EXIT_FAIL)
+
+
+def _run(opts: Any, quiet: bool) -> dict[str, Any]:
+    from tunesmith.evaluate.runner import evaluate
+
+    quiet_libraries()
+
+    def progress(message: str) -> None:
+        if not quiet:
+            console_err.print(f"[dim]scoring {message}[/]", highlight=False)
+
+    return evaluate(opts, progress)
+
+
+def _suite_table(report: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    from tunesmith.evaluate.report import suite_table
+
+    header, rows = suite_table(report["suite"])
+    table = Table(title="Broad suite", title_justify="left")
+    for h in header:
+        table.add_column(h, justify="right" if h in ("items", "base", "tuned") else "left")
+    for row in rows:
+        verdict = row[-1]
+        style = VERDICT_STYLE.get(verdict, "")
+        table.add_row(*row[:-1], f"[{style}]{verdict}[/]" if style else verdict)
+    return table
+
+
+def _target_table(report: dict[str, Any]) -> Table:
+    from rich.table import Table
+
+    from tunesmith.evaluate.report import target_table
+
+    target = report["target_task"]
+    header, rows = target_table(target["metrics"])
+    table = Table(title=f"Target task: {target['examples']} examples from {report['data']}", title_justify="left")
+    for h in header:
+        table.add_column(h, justify="left" if h == "metric" else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def _print(report: dict[str, Any], html_path: Any) -> None:
+    base = report["base"]
+    console.print(f"[bold]tuned[/] {report['tuned']['source']}   [bold]base[/] "
+                  f"{base['source'] if base else 'none: scored alone (pass --base to compare)'}", highlight=False)
+    if report["suite"]:
+        console.print(_suite_table(report))
+    if report["target_task"]:
+        console.print(_target_table(report))
+    for row in report["suite"]:
+        if row["verdict"] in ("warn", "fail"):
+            console.print(f"  {row['task']}: [{VERDICT_STYLE[row['verdict']]}]{row['verdict']}[/] ({row['reason']})",
+                          highlight=False)
+    verdict = report["verdict"]
+    if verdict is not None:
+        console.print(f"verdict: [{VERDICT_STYLE[verdict]}]{verdict.upper()}[/]", highlight=False)
+        if verdict == "warn":
+            console_err.print("[yellow]warning:[/] the tuned model got worse on part of the suite; see the report",
+                              highlight=False)
+    console.print(f"report: {html_path}  ({report['seconds']} s)", highlight=False)

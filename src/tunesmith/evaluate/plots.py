@@ -1,0 +1,114 @@
+"""The report's figures, drawn with matplotlib's object API (no pyplot state, no display needed).
+
+Each function returns PNG bytes, or None when there is nothing to draw.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+COLORS = {"pass": "#2e7d32", "warn": "#ef8f00", "fail": "#c62828", None: "#455a64"}
+TRAIN_KEYS = ("train/loss", "train_loss", "loss")
+EVAL_KEYS = ("eval/loss", "eval_loss", "val_loss")
+
+
+def _png(fig: Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Records of a run's metrics.jsonl that carry a step (unreadable lines are skipped)."""
+    records = []
+    if not path.is_file():
+        return records
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
+            records.append(rec)
+    return records
+
+
+def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def curves(records: Sequence[dict[str, Any]]) -> bytes | None:
+    """Training and eval loss over steps; guard metrics in a second panel when the run logged them."""
+    from matplotlib.figure import Figure
+
+    losses = [(k, _series(records, k)) for k in (*TRAIN_KEYS, *EVAL_KEYS)]
+    losses = [(k, s) for k, s in losses if s[0]]
+    guard_keys = sorted({k for r in records for k in r if k.startswith("guard/") and not k.endswith("_ppl")})
+    guards = [(k, s) for k in guard_keys if (s := _series(records, k))[0]]
+    if not losses and not guards:
+        return None
+    fig = Figure(figsize=(9, 3.4))
+    axes = fig.subplots(1, 2 if guards else 1, squeeze=False)[0]
+    for key, (x, y) in losses:
+        axes[0].plot(x, y, marker="o" if key in EVAL_KEYS else None, markersize=3, label=key)
+    axes[0].set(xlabel="step", ylabel="loss", title="Loss")
+    axes[0].legend(fontsize=8)
+    if guards:
+        for key, (x, y) in guards:
+            axes[1].plot(x, [100 * v for v in y], marker="o", markersize=3, label=key.removeprefix("guard/"))
+        axes[1].set(xlabel="step", ylabel="accuracy (%)", title="Forgetting guard", ylim=(0, 100))
+        axes[1].legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def suite_deltas(rows: Sequence[dict[str, Any]]) -> bytes | None:
+    """One row per task: change with its interval, oriented so that right is better; threshold ticks."""
+    from matplotlib.figure import Figure
+
+    rows = [r for r in rows if r.get("delta") is not None]
+    if not rows:
+        return None
+    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.2))
+    ax = fig.subplots()
+    for y, r in enumerate(reversed(rows)):
+        sign = 100.0 if r["higher_is_better"] else -100.0
+        x = sign * r["delta"]
+        lo, hi = sorted((sign * r["ci"][0], sign * r["ci"][1]))
+        ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], fmt="o", color=COLORS[r["verdict"]], capsize=3)
+    labels = [f"{r['task']} ({'%' if r['relative'] else 'pts'})" for r in reversed(rows)]
+    ax.set_yticks(range(len(rows)), labels)
+    ax.axvline(0, color="#888", lw=1)
+    ax.set(xlabel="change vs base (right = better): points, or % for perplexity", title="Suite: tuned vs base")
+    ax.grid(axis="x", alpha=0.3)
+    return _png(fig)
+
+
+def target_bars(metrics: Sequence[dict[str, Any]]) -> bytes | None:
+    """Base vs tuned bars for the target task's text metrics."""
+    from matplotlib.figure import Figure
+
+    shown = [m for m in metrics if m["name"] in ("exact_match", "token_f1", "rouge_l") and m["tuned"] is not None]
+    if not shown:
+        return None
+    fig = Figure(figsize=(6, 3))
+    ax = fig.subplots()
+    xs = range(len(shown))
+    if any(m["base"] is not None for m in shown):
+        ax.bar([x - 0.2 for x in xs], [m["base"] or 0 for m in shown], width=0.4, label="base", color="#90a4ae")
+    ax.bar([x + 0.2 for x in xs], [m["tuned"] for m in shown], width=0.4, label="tuned", color="#1565c0")
+    ax.set_xticks(list(xs), [m["name"] for m in shown])
+    ax.set(ylim=(0, 1), title="Target task")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _png(fig)

@@ -1,0 +1,208 @@
+"""Write the evaluation report: report.json (everything), report.md and a self-contained report.html.
+
+The Markdown and HTML are rendered from one list of blocks, so they always say the same thing. The HTML
+embeds its figures as base64 PNG and loads nothing from anywhere: it opens offline, and can be mailed.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tunesmith.evaluate import plots
+
+Block = tuple[Any, ...]  # ("h2", text) | ("p", text) | ("table", header, rows) | ("img", name) | ("pre", text)
+
+
+def fmt_value(value: float | None, relative: bool) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" if relative else f"{100 * value:.1f} %"
+
+
+def fmt_delta(delta: float | None, ci: Sequence[float] | None, relative: bool) -> str:
+    """'-3.3 pts [-8.0, +1.3]' for rates, '+4.8 % [+3.1, +6.5]' for perplexity."""
+    if delta is None or ci is None:
+        return "-"
+    unit = "%" if relative else "pts"
+    return f"{100 * delta:+.1f} {unit} [{100 * ci[0]:+.1f}, {100 * ci[1]:+.1f}]"
+
+
+def suite_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = ["task", "metric", "items", "base", "tuned", "delta [CI]", "verdict"]
+    body = [
+        [r["task"], r["metric"], str(r["n"]), fmt_value(r["base"], r["relative"]),
+         fmt_value(r["tuned"], r["relative"]), fmt_delta(r["delta"], r["ci"], r["relative"]), r["verdict"] or "-"]
+        for r in rows
+    ]
+    return header, body
+
+
+def target_table(metrics: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    def value(m: dict[str, Any], key: str) -> str:
+        v = m[key]
+        if v is None:
+            return "-"
+        return f"{v:.3f}" if m["name"] in ("eval_loss", "perplexity") else f"{100 * v:.1f} %"
+
+    def delta(m: dict[str, Any]) -> str:
+        if m["delta"] is None:
+            return "-"
+        if m["name"] == "eval_loss":
+            return f"{m['delta']:+.3f} [{m['ci'][0]:+.3f}, {m['ci'][1]:+.3f}]"
+        return fmt_delta(m["delta"], m["ci"], m["relative"])
+
+    return ["metric", "base", "tuned", "delta [CI]"], [
+        [m["name"], value(m, "base"), value(m, "tuned"), delta(m)] for m in metrics
+    ]
+
+
+def _clip(text: str | None, n: int = 300) -> str:
+    text = "" if text is None else " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _examples(target: dict[str, Any], which: str) -> tuple[list[str], list[list[str]]]:
+    rows = target["per_example"]
+    return ["#", "prompt", "reference", "base", "tuned", "ROUGE-L base → tuned"], [
+        [str(i), _clip(rows[i]["prompt"]), _clip(rows[i]["reference"]), _clip(rows[i]["base"]),
+         _clip(rows[i]["tuned"]), f"{rows[i]['rouge_l_base']:.2f} → {rows[i]['rouge_l_tuned']:.2f}"]
+        for i in target[which]
+    ]
+
+
+def blocks(report: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
+    """The report's content, in reading order."""
+    out: list[Block] = [("h1", f"Evaluation of {report['tuned']['label']}")]
+    base = report["base"]
+    out.append(("p", f"Tuned: {report['tuned']['source']}. Base: {base['source'] if base else 'none (scored alone)'}."))
+    if report["verdict"]:
+        out.append(("verdict", report["verdict"]))
+    if "curves" in figures:
+        out += [("h2", "Training"), ("img", "curves")]
+    if report["suite"]:
+        out += [("h2", "Broad suite"), ("table", *suite_table(report["suite"]))]
+        flagged = [r for r in report["suite"] if r["verdict"] in ("warn", "fail")]
+        out += [("p", f"{r['task']}: {r['verdict']}: {r['reason']}.") for r in flagged]
+        lost = [f"{r['task']}: {', '.join(r['lost'][:5])}" for r in report["suite"] if r["lost"]]
+        if lost:
+            out.append(("p", "Items the base got right and the tuned model no longer does: " + "; ".join(lost)))
+        if "suite" in figures:
+            out.append(("img", "suite"))
+    target = report.get("target_task")
+    if target:
+        out += [("h2", f"Target task ({target['examples']} examples from {report['data']})"),
+                ("table", *target_table(target["metrics"]))]
+        if "target" in figures:
+            out.append(("img", "target"))
+        for which, title in (("wins", "Largest wins"), ("regressions", "Largest regressions")):
+            if target[which]:
+                out += [("h3", title), ("table", *_examples(target, which))]
+    out += _run_blocks(report.get("run") or {})
+    t = report["thresholds"]
+    out.append(("p", f"Thresholds: warn at {100 * t['warn']:.0f} / fail at {100 * t['fail']:.0f} points, "
+                     f"perplexity +{100 * t['ppl_warn']:.0f} % / +{100 * t['ppl_fail']:.0f} %; "
+                     f"{100 * t['confidence']:.0f} % bootstrap intervals ({t['resamples']} draws). "
+                     f"Took {report.get('seconds', 0)} s. tunesmith {report['tunesmith_version']}."))
+    return out
+
+
+def _run_blocks(run: dict[str, Any]) -> list[Block]:
+    out: list[Block] = []
+    data = run.get("data")
+    if isinstance(data, dict) and data:
+        rows = [[str(k), _clip(json.dumps(v) if not isinstance(v, str) else v, 200)] for k, v in data.items()]
+        out += [("h2", "Training data"), ("table", ["field", "value"], rows)]
+    if run.get("config"):
+        out += [("h2", "Configuration"), ("pre", run["config"])]
+    return out
+
+
+def to_markdown(doc: Sequence[Block]) -> str:
+    lines: list[str] = []
+    for kind, *rest in doc:
+        if kind in ("h1", "h2", "h3"):
+            lines += ["#" * int(kind[1]) + " " + rest[0], ""]
+        elif kind == "p":
+            lines += [rest[0], ""]
+        elif kind == "verdict":
+            lines += [f"**Verdict: {rest[0].upper()}**", ""]
+        elif kind == "img":
+            lines += [f"![{rest[0]}]({rest[0]}.png)", ""]
+        elif kind == "pre":
+            lines += ["```", rest[0].rstrip(), "```", ""]
+        elif kind == "table":
+            header, rows = rest
+            cell = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows] + [""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:14px}td,th{border:1px solid #ccc;padding:4px 8px;
+vertical-align:top;text-align:left}th{background:#f3f3f3}img{max-width:100%}pre{background:#f6f6f6;
+padding:1em;overflow:auto}.verdict{font-size:22px;font-weight:bold;padding:.4em .8em;display:inline-block;
+color:#fff;border-radius:4px}.pass{background:#2e7d32}.warn{background:#ef8f00}.fail{background:#c62828}"""
+
+
+def to_html(doc: Sequence[Block], figures: dict[str, bytes]) -> str:
+    e = html.escape
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>{e(doc[0][1])}</title><style>{_CSS}</style></head><body>"]
+    for kind, *rest in doc:
+        if kind in ("h1", "h2", "h3", "p"):
+            parts.append(f"<{kind}>{e(rest[0])}</{kind}>")
+        elif kind == "verdict":
+            parts.append(f'<p class="verdict {e(rest[0])}">Verdict: {e(rest[0].upper())}</p>')
+        elif kind == "img":
+            data = base64.b64encode(figures[rest[0]]).decode()
+            parts.append(f'<p><img alt="{e(rest[0])}" src="data:image/png;base64,{data}"></p>')
+        elif kind == "pre":
+            parts.append(f"<pre>{e(rest[0])}</pre>")
+        elif kind == "table":
+            header, rows = rest
+            parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
+            parts += ["<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows]
+            parts.append("</table>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def run_info(run_dir: Path | None) -> dict[str, Any]:
+    """What the run folder says about its data and config (empty when there is no run folder)."""
+    if run_dir is None:
+        return {}
+    info: dict[str, Any] = {}
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        info["data"] = json.loads((run_dir / "manifest.json").read_text()).get("data")
+    config = run_dir / "config.yaml"
+    if config.is_file():
+        info["config"] = config.read_text(encoding="utf-8")
+    return info
+
+
+def write(report: dict[str, Any], out: Path, run_dir: Path | None = None) -> dict[str, Path]:
+    """Write report.json, report.md, report.html and the figures' PNGs into `out`; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    report["run"] = run_info(run_dir)
+    drawn = {
+        "curves": plots.curves(plots.read_metrics(run_dir / "metrics.jsonl")) if run_dir else None,
+        "suite": plots.suite_deltas(report["suite"]),
+        "target": plots.target_bars(report["target_task"]["metrics"]) if report.get("target_task") else None,
+    }
+    figures = {k: v for k, v in drawn.items() if v is not None}
+    report["figures"] = sorted(f"{k}.png" for k in figures)
+    paths = {"json": out / "report.json", "md": out / "report.md", "html": out / "report.html"}
+    for name, png in figures.items():
+        (out / f"{name}.png").write_bytes(png)
+    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    doc = blocks(report, figures)
+    paths["md"].write_text(to_markdown(doc), encoding="utf-8")
+    paths["html"].write_text(to_html(doc, figures), encoding="utf-8")
+    return paths

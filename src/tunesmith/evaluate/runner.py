@@ -1,0 +1,187 @@
+"""`tunesmith eval` as a function: load base and tuned, score both on the same items, compare, report.
+
+The tuned model is what the user names (run folder, adapter folder, model). Its base is found, in order:
+`--base`; the same weights with the LoRA adapter switched off (one copy of the weights, PEFT's
+`disable_adapter`); the base model a full fine-tune's manifest names. A plain model without `--base` is
+scored alone: numbers, no verdict.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.evaluate.guard import Thresholds, compare, overall
+from tunesmith.evaluate.suite import Task, TaskScores, load_keep, load_task, run_tasks, select
+from tunesmith.evaluate.target import TargetScores, compare_target, load_target_data, score_target
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from tunesmith.model.adapters import Target
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """Settings of one evaluation; field comments are the CLI help."""
+
+    target: str  # run folder, adapter folder or model
+    adapter: str | None = None  # LoRA adapter folder to put on the model
+    base: str | None = None  # model to compare against (default: the tuned model's base)
+    data: str | None = None  # target-task file (default: a run folder's data/eval.jsonl)
+    suite: str = "general,safety"  # suite groups or task names, comma-separated; 'none' for none
+    keep: tuple[str, ...] = ()  # JSONL files of items the model must keep getting right
+    out: str | None = None  # report folder (default: RUN/eval, else eval/<name>)
+    thresholds: Thresholds = field(default_factory=Thresholds)
+    limit: int = 64  # target-task examples scored (the first ones of the file)
+    max_new_tokens: int = 256  # longest generated reply on the target task
+    max_length: int = 1024  # tokens per target example for the loss (longer ones are truncated)
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class Contender:
+    """A model to score, and how to get it in scoring state."""
+
+    label: str
+    source: str  # model name/path (+ adapter), for the report
+    tokenizer: PreTrainedTokenizerBase
+    use: Callable[[], AbstractContextManager[PreTrainedModel]]
+
+
+def run_dir_of(opts: EvalOptions) -> Path | None:
+    from tunesmith.model.adapters import is_run_dir
+
+    path = Path(opts.target)
+    return path if is_run_dir(path) else None
+
+
+def out_dir(opts: EvalOptions, label: str) -> Path:
+    if opts.out:
+        return Path(opts.out)
+    run = run_dir_of(opts)
+    return run / "eval" if run is not None else Path("eval") / label.replace("/", "_")
+
+
+def default_data(opts: EvalOptions) -> str | None:
+    run = run_dir_of(opts)
+    if opts.data is None and run is not None and (run / "data" / "eval.jsonl").is_file():
+        return str(run / "data" / "eval.jsonl")
+    return opts.data
+
+
+def gather_tasks(opts: EvalOptions) -> list[Task]:
+    """Built-in tasks named by --suite, then the keep sets (validated before any model loads)."""
+    return [load_task(n) for n in select(opts.suite)] + [load_keep(k) for k in opts.keep]
+
+
+def open_contenders(opts: EvalOptions) -> tuple[Contender, Contender | None]:
+    """(tuned, base or None), weights loaded once where an adapter can be switched off."""
+    from tunesmith.model.adapters import load_for_inference, resolve_target
+    from tunesmith.model.loading import pick_device
+
+    device = pick_device(opts.device)
+    target = resolve_target(opts.target, opts.adapter)
+    model, tokenizer = load_for_inference(target, device=device)
+    tuned = Contender(target.label, _source(target), tokenizer, lambda: nullcontext(model))
+    base_name = opts.base or _manifest_base(opts, target)
+    if base_name is not None:
+        base_target = resolve_target(base_name)
+        base_model, base_tok = load_for_inference(base_target, device=device)
+        return tuned, Contender(base_target.label, _source(base_target), base_tok, lambda: nullcontext(base_model))
+    if target.adapter is not None:
+        return tuned, Contender(target.model.name, target.model.name, tokenizer, lambda: _adapter_off(model))
+    return tuned, None
+
+
+def _manifest_base(opts: EvalOptions, target: Target) -> str | None:
+    """A full fine-tune's base model, from its manifest (a LoRA run's base is the adapter switched off)."""
+    from tunesmith.model.adapters import read_manifest
+
+    run = run_dir_of(opts)
+    if run is None or target.adapter is not None:
+        return None
+    return str(read_manifest(run)["base_model"]["name"])
+
+
+@contextmanager
+def _adapter_off(model: Any) -> Iterator[PreTrainedModel]:
+    with model.disable_adapter():
+        yield model
+
+
+def _source(target: Target) -> str:
+    return target.model.name + (f" + {target.adapter}" if target.adapter is not None else "")
+
+
+def score(
+    contender: Contender, tasks: list[Task], examples: list[Any] | None, opts: EvalOptions, progress: Progress
+) -> tuple[dict[str, TaskScores], TargetScores | None]:
+    """One model's suite scores and target-task scores."""
+    with contender.use() as model:
+        progress(f"{contender.label}: suite ({len(tasks)} tasks)")
+        suite_scores = run_tasks(model, contender.tokenizer, tasks)
+        target = None
+        if examples:
+            progress(f"{contender.label}: target task ({len(examples)} examples)")
+            target = score_target(model, contender.tokenizer, examples, opts.max_length, opts.max_new_tokens)
+    return suite_scores, target
+
+
+def evaluate(opts: EvalOptions, progress: Progress = lambda _: None) -> dict[str, Any]:
+    """Run the whole evaluation and return the report (JSON-able); `report.write` saves it."""
+    started = time.time()
+    tasks = gather_tasks(opts)
+    data = default_data(opts)
+    examples = load_target_data(data, opts.limit) if data else None
+    tuned, base = open_contenders(opts)
+    tuned_suite, tuned_target = score(tuned, tasks, examples, opts, progress)
+    report: dict[str, Any] = _header(opts, tuned, base, data)
+    if base is None:
+        report["suite"] = [_single_row(s) for s in tuned_suite.values()]
+        report["target_task"] = compare_target(examples, None, tuned_target) if examples else None
+    else:
+        base_suite, base_target = score(base, tasks, examples, opts, progress)
+        comparisons = compare(base_suite, tuned_suite, opts.thresholds, opts.seed)
+        report["verdict"] = overall(comparisons) if comparisons else None
+        report["suite"] = [c.to_dict() for c in comparisons]
+        if examples:
+            report["target_task"] = compare_target(examples, base_target, tuned_target, opts.thresholds, opts.seed)
+    report["seconds"] = round(time.time() - started, 1)
+    return report
+
+
+def _header(opts: EvalOptions, tuned: Contender, base: Contender | None, data: str | None) -> dict[str, Any]:
+    from datetime import datetime, timezone
+
+    from tunesmith import __version__
+
+    run = run_dir_of(opts)
+    return {
+        "tunesmith_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "tuned": {"label": tuned.label, "source": tuned.source},
+        "base": {"label": base.label, "source": base.source} if base else None,
+        "run_dir": str(run) if run is not None else None,
+        "data": data,
+        "verdict": None,
+        "thresholds": asdict(opts.thresholds),
+        "suite": [],
+        "target_task": None,
+    }
+
+
+def _single_row(s: TaskScores) -> dict[str, Any]:
+    t = s.task
+    return {
+        "task": t.name, "group": t.group, "metric": t.metric, "higher_is_better": t.higher_is_better,
+        "relative": t.is_perplexity, "n": len(s.num), "base": None, "tuned": s.value, "delta": None,
+        "ci": None, "verdict": None, "reason": "", "lost": [], "gained": [],
+    }
