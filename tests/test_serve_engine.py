@@ -80,6 +80,21 @@ def test_requests_for_the_same_model_are_batched_oldest_model_first(engine: Engi
         assert out == reference_reply(tiny_model_dir, adapter, ids(engine, text), 5)
 
 
+def test_a_batch_stays_within_the_padded_token_budget(tiny_model_dir: Path) -> None:
+    eng = Engine(resolve(str(tiny_model_dir)), device="cpu", limits=Limits(max_batch_tokens=45))
+    order: list[str] = []
+    try:
+        with eng._cond:
+            for label, n in (("short-1", 10), ("long", 30), ("short-2", 10)):
+                eng.submit(eng.base_id, [5] * n, SamplingParams(max_tokens=2), Collector(order, label))
+        while len(order) < 3:
+            time.sleep(0.01)
+    finally:
+        eng.close()
+    assert order[2] == "long"  # 2 x 30 padded tokens would pass 45: the long prompt waited for the next batch
+    assert eng.stats()["batches"] == 2
+
+
 def test_limits_are_checked_before_queueing_with_messages_that_say_what_to_change(engine: Engine) -> None:
     emit = Collector()
     with pytest.raises(ApiError, match=r"model 'nope' does not exist; served: tiny, a") as e:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -41,7 +42,9 @@ class Limits:
 
     max_tokens: int = 512  # largest max_tokens a request may ask for; chat's default when omitted
     max_prompt_tokens: int = 4096  # also capped by the model's context window
-    max_batch: int = 16  # requests for one model decoded together
+    max_batch: int = 32  # requests for one model decoded together
+    max_batch_tokens: int = 16384  # rows x longest prompt in one batch: bounds the prefill's memory
+    batch_window_s: float = 0.02  # how long an idle worker waits for simultaneous requests to batch them
     max_queue: int = 256  # requests waiting or running; more get 503
 
 
@@ -237,20 +240,43 @@ class Engine:
                     self._running = 0
 
     def _next_batch(self) -> list[Job] | None:
-        """The oldest live request and the queued ones for the same model (FIFO across models)."""
+        """The oldest live request and the queued ones for the same model (FIFO across models).
+
+        When fewer than `max_batch` are waiting, wait `batch_window_s` once so that requests sent at the
+        same moment share a batch instead of queueing behind the first one's whole reply.
+        """
+        deadline = None
         with self._cond:
             while not self._closing:
                 self._queue = [j for j in self._queue if not j.row.cancelled]
-                if self._queue:
-                    head = self._queue[0].model_id
-                    batch = [j for j in self._queue if j.model_id == head][: self.limits.max_batch]
-                    self._queue = [j for j in self._queue if j not in batch]
-                    self._running = len(batch)
-                    self._batches += 1
-                    self._largest_batch = max(self._largest_batch, len(batch))
-                    return batch
-                self._cond.wait()
+                if not self._queue:
+                    self._cond.wait()
+                    continue
+                if len(self._queue) < self.limits.max_batch:
+                    deadline = deadline or time.monotonic() + self.limits.batch_window_s
+                    if (left := deadline - time.monotonic()) > 0:
+                        self._cond.wait(left)
+                        continue
+                batch = self._pick(self._queue)
+                self._queue = [j for j in self._queue if j not in batch]
+                self._running = len(batch)
+                self._batches += 1
+                self._largest_batch = max(self._largest_batch, len(batch))
+                return batch
             return None
+
+    def _pick(self, queue: list[Job]) -> list[Job]:
+        """The head request plus same-model ones, while rows x longest prompt stays within the token budget."""
+        head, batch, width = queue[0], [], 0
+        for job in queue:
+            if job.model_id != head.model_id or len(batch) == self.limits.max_batch:
+                continue
+            wider = max(width, len(job.row.prompt_ids))
+            if batch and (len(batch) + 1) * wider > self.limits.max_batch_tokens:
+                continue
+            batch.append(job)
+            width = wider
+        return batch
 
     def _run(self, batch: list[Job]) -> None:
         import torch
