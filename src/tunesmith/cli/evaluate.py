@@ -82,11 +82,11 @@ def _suite_table(report: dict[str, Any]) -> Table:
     header, rows = suite_table(report["suite"])
     table = Table(title="Broad suite", title_justify="left")
     for h in header:
-        table.add_column(h, justify="right" if h in ("items", "base", "tuned") else "left")
+        table.add_column(h, justify="right" if h in ("items", "base", "tuned", "value") else "left",
+                         no_wrap=h in ("task", "delta [CI]"))
     for row in rows:
-        verdict = row[-1]
-        style = VERDICT_STYLE.get(verdict, "")
-        table.add_row(*row[:-1], f"[{style}]{verdict}[/]" if style else verdict)
+        style = VERDICT_STYLE.get(row[-1])
+        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]" if style else row[-1])
     return table
 
 

@@ -34,6 +34,11 @@ def fmt_delta(delta: float | None, ci: Sequence[float] | None, relative: bool) -
 
 
 def suite_table(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Task rows; without a base (a model scored alone) only its values."""
+    if all(r["base"] is None for r in rows):
+        return ["task", "metric", "items", "value"], [
+            [r["task"], r["metric"], str(r["n"]), fmt_value(r["tuned"], r["relative"])] for r in rows
+        ]
     header = ["task", "metric", "items", "base", "tuned", "delta [CI]", "verdict"]
     body = [
         [r["task"], r["metric"], str(r["n"]), fmt_value(r["base"], r["relative"]),

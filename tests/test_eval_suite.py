@@ -1,0 +1,157 @@
+"""The shipped suite's data files load and are right; keep sets are validated; replay data does not leak."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tunesmith.errors import ConfigError, DataError
+from tunesmith.evaluate.guard import replay_examples
+from tunesmith.evaluate.suite import BUILTIN, GROUPS, load_keep, load_task, select, suite_file
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return {name: load_task(name) for name in BUILTIN}
+
+
+def test_every_task_loads_with_unique_ids(tasks):
+    ids = [i["id"] for t in tasks.values() for i in t.items]
+    assert len(ids) == len(set(ids))
+    for name, task in tasks.items():
+        assert len(task.items) >= 16, name
+        assert all(i["id"].split("/")[0] in (name, "harmful", "benign") for i in task.items)
+
+
+def test_the_suite_files_are_package_data():
+    files = {p.name for p in suite_file("capitals").parent.glob("*.jsonl")}
+    assert {BUILTIN[n].file for n in BUILTIN} | {"replay.jsonl"} == files
+
+
+def test_knowledge_items_are_consistent(tasks):
+    for item in tasks["capitals"].items:
+        country = item["prompt"].removeprefix("What is the capital of ").removesuffix("?")
+        assert item["prefix"] == f"The capital of {country} is" and item["answer"][0].isupper()
+    for item in tasks["elements"].items:
+        assert re.fullmatch(r"[A-Z][a-z]?", item["answer"]), item
+    for item in tasks["arithmetic"].items:
+        a, b = map(int, re.fullmatch(r"What is (\d\d) \+ (\d\d)\?", item["prompt"]).groups())
+        assert item["prefix"] == f"{a} + {b} =" and item["answer"] == str(a + b)
+
+
+def test_instruction_items_come_in_twins_with_swapped_answers(tasks):
+    items = {i["id"]: i for i in tasks["instructions"].items}
+    for key, a in items.items():
+        if key.endswith("-a"):
+            b = items[key[:-2] + "-b"]
+            assert a["choices"] == b["choices"] and {a["answer"], b["answer"]} == {0, 1}
+            assert a["prompt"] != b["prompt"]
+
+
+def test_prose_and_safety_items(tasks):
+    assert all(len(i["text"].split()) >= 40 and i["source"] for i in tasks["prose"].items)
+    harmful = {i["prompt"] for i in tasks["refusal"].items}
+    benign = {i["prompt"] for i in tasks["over_refusal"].items}
+    assert not harmful & benign and len(harmful) == len(tasks["refusal"].items)
+
+
+def test_select_groups_and_names():
+    assert select("general,safety") == list(BUILTIN)
+    assert select("safety, capitals") == ["capitals", *GROUPS["safety"]]
+    assert select("none") == [] and select("") == []
+
+
+def test_select_unknown_part_names_the_choices():
+    with pytest.raises(ConfigError) as e:
+        select("general,safty")
+    assert str(e.value) == (
+        "--suite: unknown part 'safty'; choose from general, safety, capitals, elements, arithmetic, "
+        "instructions, prose, refusal, over_refusal, none"
+    )
+
+
+def _jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_keep_sets_greedy_and_choice(tmp_path):
+    greedy = load_keep(_jsonl(tmp_path / "facts.jsonl", [
+        {"prompt": "Who wrote Hamlet?", "prefix": "Hamlet was written by", "answer": "William Shakespeare"},
+        {"id": "sky", "prompt": "What color is the sky?", "answer": "Blue"},
+    ]))
+    assert (greedy.name, greedy.group, greedy.scorer) == ("keep:facts", "keep", "greedy")
+    assert [i["id"] for i in greedy.items] == ["facts/1", "sky"]
+    choice = load_keep(_jsonl(tmp_path / "mc.jsonl", [{"prompt": "2 > 1?", "choices": ["yes", "no"], "answer": 0}]))
+    assert choice.scorer == "choice" and choice.items[0]["answer"] == 0
+
+
+def test_keep_set_problems_are_listed_with_their_lines(tmp_path):
+    path = _jsonl(tmp_path / "bad.jsonl", [
+        {"prompt": "ok?", "answer": "yes"},
+        {"prompt": "", "answer": "x"},
+        {"prompt": "q", "answer": "a", "hint": "h"},
+        {"id": "d", "prompt": "q", "answer": "a"},
+        {"id": "d", "prompt": "q2"},
+        [1, 2],
+    ])
+    with pytest.raises(DataError) as e:
+        load_keep(path)
+    assert e.value.problems == [
+        f"{path}:2: 'prompt' must be a non-empty string",
+        f"{path}:3: unknown key 'hint' (a greedy item has answer, id, prefix, prompt)",
+        f"{path}:5: missing key 'answer'",
+        f"{path}:5: duplicate id 'd'",
+        f"{path}:6: expected a JSON object, got list",
+    ]
+
+
+def test_keep_set_choice_problems_and_unreadable_files(tmp_path):
+    path = _jsonl(tmp_path / "mc.jsonl", [
+        {"prompt": "q", "choices": ["a", "b"], "answer": 2},
+        {"prompt": "q", "choices": ["a", "a"], "answer": 0},
+        {"prompt": "q", "choices": ["a"], "answer": 0},
+    ])
+    with pytest.raises(DataError) as e:
+        load_keep(path)
+    assert e.value.problems == [
+        f"{path}:1: 'answer' must be the index of the right choice (0 to 1)",
+        f"{path}:2: 'choices' must be different from each other",
+        f"{path}:3: 'choices' must be a list of at least two non-empty strings",
+    ]
+    broken = _jsonl(tmp_path / "broken.jsonl", ['{"prompt": "q", "answer": "a"}', "{not json"])
+    with pytest.raises(DataError) as e:
+        load_keep(broken)
+    assert e.value.problems == [f"{broken}:2: not valid JSON (Expecting property name enclosed in double quotes)"]
+    with pytest.raises(DataError) as e:
+        load_keep(tmp_path / "missing.jsonl")
+    assert e.value.problems == [f"{tmp_path / 'missing.jsonl'}: file not found"]
+    with pytest.raises(DataError) as e:
+        load_keep(_jsonl(tmp_path / "empty.jsonl", []))
+    assert e.value.problems == [f"{tmp_path / 'empty.jsonl'}: no items"]
+
+
+def test_replay_examples_are_seeded_chats():
+    first = replay_examples(10, seed=0)
+    assert first == replay_examples(10, seed=0) and first != replay_examples(10, seed=1)
+    for messages in first:
+        assert [m["role"] for m in messages] == ["user", "assistant"] and all(m["content"] for m in messages)
+    pool = replay_examples(10_000, seed=3)
+    distinct = {json.dumps(m) for m in pool}
+    assert len(pool) == 10_000 and len(distinct) >= 100
+    assert {json.dumps(m) for m in pool[: len(distinct)]} == distinct  # every example once before any repeats
+    assert replay_examples(0, seed=0) == []
+
+
+def test_replay_examples_do_not_leak_the_suite(tasks):
+    replay_text = " ".join(m["content"] for ex in replay_examples(200, seed=0) for m in ex).lower()
+    prompts = {i["prompt"] for t in tasks.values() for i in t.items if "prompt" in i}
+    users = {ex[0]["content"] for ex in replay_examples(200, seed=0)}
+    assert not prompts & users
+    assert "capital of" not in replay_text and "chemical symbol" not in replay_text
+    assert not re.search(r"\b\d\d \+ \d\d\b", replay_text)
+    for item in tasks["prose"].items:
+        assert item["text"][:40].lower() not in replay_text
