@@ -1,9 +1,217 @@
-"""CLI commands for plan."""
+"""`tunesmith plan` (what a fine-tune will cost) and `tunesmith advise` (whether to fine-tune at all)."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+from tunesmith.cli.common import console, quiet_libraries
+from tunesmith.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from tunesmith.advise import Advice, Answers, Evidence
+    from tunesmith.plan import DataStats, Plan
+
+DEFAULT_MODEL = "smollm2-135m"
+FORMAT_HELP = "auto | prompt_completion | chat | alpaca."
+EXIT_DOES_NOT_FIT = 1  # `plan`: not even the smallest configuration fits the memory available
+PARTS = {  # memory parts, in the order of the table, with what each holds
+    "framework": "Python, torch, transformers (process RSS)",
+    "weights": "base model",
+    "lora_weights": "LoRA adapters (fp32)",
+    "gradients": "one per trainable parameter",
+    "optimizer": "AdamW: two fp32 moments per trainable parameter",
+    "activations": "saved for backward",
+    "lora_activations": "saved by the adapters (dropout masks, inputs)",
+    "lm_head": "logits of supervised positions, in chunks",
+    "autocast_copies": "bf16 weight copies under autocast",
+    "allocator": "glibc heap fragmentation (measured)",
+}
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add `plan` and `advise` to the root app."""
+    app.command("plan")(plan_command)
+    app.command("advise")(advise_command)
+
+
+def plan_command(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                              help="Built-in name, model folder, config.json file or hub id."),
+    method: str = typer.Option("lora", "--method", help="lora | full."),
+    data: Path = typer.Option(None, "--data", help="Dataset whose tokens to count (JSONL, JSON or CSV)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
+    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
+    gpu_memory: float = typer.Option(None, "--gpu-memory", help="GPU memory in GB to plan for (with --device cuda)."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Examples per micro-batch."),
+    max_length: int = typer.Option(1024, "--max-length", min=2, help="Tokens per example before truncation."),
+    lora_r: int = typer.Option(16, "--lora-r", min=1, help="LoRA rank."),
+    lora_targets: str = typer.Option("all-linear", "--lora-targets", help="all-linear, or names: q_proj,v_proj."),
+    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
+                                   help="Time a few real training steps when the weights are here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
+) -> None:
+    """What a fine-tune will cost: parameters, memory by part, output size, tokens, time; and what to do."""
+    from tunesmith.model.loading import pick_device
+    from tunesmith.plan import estimate, load_arch
+
+    quiet_libraries()
+    load_arch(model)  # a wrong model name fails here, before the data is read
+    device = pick_device(device)
+    stats, notes = _data_stats(data, fmt, model, max_length) if data is not None else (None, [])
+    plan = estimate(model, method, batch_size=batch_size, max_length=max_length, lora_r=lora_r,  # type: ignore[arg-type]
+                    target_modules=lora_targets, device=device, gpu_memory_gb=gpu_memory, data=stats,
+                    calibrate_speed=calibrate)
+    plan.notes.extend(notes)
+    if as_json:
+        typer.echo(json.dumps(plan.to_dict(), indent=2))
+    else:
+        _print_plan(plan)
+    if plan.recommendation.fits is False:
+        raise typer.Exit(EXIT_DOES_NOT_FIT)
+
+
+def _data_stats(data: Path, fmt: str, model: str, max_length: int) -> tuple[DataStats, list[str]]:
+    """Token counts with the model's tokenizer, or the built-in one's for a config-only model."""
+    from tunesmith.model.loading import load_tokenizer
+    from tunesmith.plan import data_stats
+
+    notes = []
+    try:
+        tokenizer = load_tokenizer(model)
+    except ModelError:
+        tokenizer = load_tokenizer(DEFAULT_MODEL)
+        notes.append(f"tokens counted with {DEFAULT_MODEL}'s tokenizer: '{model}' has none here")
+    return data_stats(data, tokenizer, max_length, fmt), notes
+
+
+def _print_plan(p: Plan) -> None:
+    from rich.table import Table
+
+    from tunesmith.plan import gb
+
+    what = f"LoRA r={p.lora_r} on {len(p.target_modules)} layer types" if p.method == "lora" else "full fine-tuning"
+    t = Table(title=f"Plan: {p.model}, {what}, batch {p.batch_size} x {p.seq_len} tokens, {p.device} ({p.precision})",
+              show_header=False, box=None, padding=(0, 2), title_justify="left")
+    share = p.trainable_parameters / p.parameters
+    t.add_row("[bold]parameters[/]", f"{p.parameters:,}", f"trainable {p.trainable_parameters:,} ({share:.2%})")
+    for part, about in PARTS.items():
+        if p.memory.get(part):
+            t.add_row(f"  {part.replace('_', ' ')}", gb(p.memory[part]), about)
+    measure = "peak RSS" if p.device == "cpu" else "max_memory_allocated"
+    t.add_row("[bold]peak memory[/]", f"[bold]{gb(p.peak_memory_bytes)}[/]", f"comparable to {measure}")
+    if p.required_memory_bytes != p.peak_memory_bytes:
+        t.add_row("  with CUDA context", gb(p.required_memory_bytes), "what must fit")
+    if p.available_memory_bytes is not None:
+        t.add_row("  available", gb(p.available_memory_bytes), "free RAM" if p.device == "cpu" else "GPU memory")
+    t.add_row("  activations, checkpointed", gb(p.checkpointed_activations_bytes), "with gradient checkpointing")
+    kind = "adapter" if p.method == "lora" else "model"
+    t.add_row("[bold]output[/]", gb(p.output_bytes), f"{kind} on disk")
+    if p.data is not None:
+        d = p.data
+        t.add_row("[bold]data[/]", f"{d.tokens:,} tokens", f"{d.examples:,} examples, {d.targets:,} supervised, "
+                  f"longest {d.longest}, {d.truncated} truncated")
+    t.add_row("[bold]speed[/]", f"{p.tokens_per_second:,.0f} tokens/s" if p.tokens_per_second else "-",
+              {"calibrated": "measured over real training steps", "matmul": "from FLOPs and this device's "
+               "matmul rate", "assumed": "from FLOPs and an assumed GPU"}[p.speed_source])
+    if p.seconds_per_epoch is not None:
+        t.add_row("[bold]time per epoch[/]", _duration(p.seconds_per_epoch), f"{p.data_tokens:,} tokens")
+    console.print(t)
+    r = p.recommendation
+    verdict = {True: "[green]fits[/]", False: "[red]does not fit[/]", None: "fit unknown"}[r.fits]
+    console.print(f"\n[bold]Recommendation:[/] {r.method}, batch {r.batch_size} x accumulation {r.grad_accum}, "
+                  f"max length {r.max_length}: {verdict}", highlight=False)
+    for line in r.reasons + p.notes:
+        console.print(f"  - {line}", highlight=False)
+
+
+def _duration(seconds: float) -> str:
+    s = round(seconds)
+    return f"{s // 3600}h {s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m {s % 60:02d}s"
+
+
+def advise_command(
+    data: Path = typer.Option(None, "--data", help="Dataset to inspect (JSONL, JSON or CSV)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
+    knowledge_changes: bool = typer.Option(None, "--knowledge-changes/--no-knowledge-changes",
+                                           help="External, proprietary or changing knowledge?", show_default=False),
+    style: bool = typer.Option(None, "--style/--no-style", help="A style, tone or persona?", show_default=False),
+    new_skill: bool = typer.Option(None, "--new-skill/--no-new-skill",
+                                   help="A new, complex skill (e.g. SQL for your schema)?", show_default=False),
+    in_input: bool = typer.Option(None, "--in-input/--no-in-input",
+                                  help="Is everything needed already in the input?", show_default=False),
+    baseline: bool = typer.Option(False, "--baseline",
+                                  help="Score the base model with a few-shot prompt on held-out examples."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model for --baseline."),
+    shots: int = typer.Option(3, "--shots", min=0, help="Training examples shown in the baseline's prompt."),
+    limit: int = typer.Option(20, "--limit", min=1, help="Held-out examples the baseline answers."),
+    as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
+) -> None:
+    """Fine-tune, RAG or prompting? Asks the walkthrough's questions (or takes flags) and inspects the data."""
+    from tunesmith.advise import Answers, decide, evidence_from, prompt_baseline
+    from tunesmith.data.formats import load_examples
+
+    if baseline and data is None:
+        raise ConfigError("--baseline needs --data FILE: the few-shot prompt and the eval examples come from it")
+    examples = load_examples(data, fmt) if data is not None else None  # type: ignore[arg-type]
+    evidence = evidence_from(examples) if examples else None
+    answers = Answers(knowledge_changes, style, new_skill, in_input)
+    if interactive():
+        answers = _ask(answers, evidence)
+    result = None
+    if baseline and examples:
+        quiet_libraries()
+        result = prompt_baseline(model, examples, shots=shots, limit=limit)
+    advice = decide(answers, evidence, result)
+    if as_json:
+        typer.echo(json.dumps(advice.to_dict(), indent=2, ensure_ascii=False))
+    else:
+        _print_advice(advice)
+
+
+def interactive() -> bool:
+    """Ask the questions left open only when a person is typing (never in scripts or pipes)."""
+    return sys.stdin.isatty()
+
+
+def _ask(answers: Answers, evidence: Evidence | None) -> Answers:
+    import dataclasses
+
+    from tunesmith.advise import QUESTIONS
+
+    hints = dataclasses.asdict(evidence.suggests()) if evidence else {}
+    given: dict[str, Any] = dataclasses.asdict(answers)
+    for name, question in QUESTIONS.items():
+        if given[name] is None:
+            given[name] = typer.confirm(question, default=bool(hints.get(name)), err=True)
+    return type(answers)(**given)
+
+
+def _print_advice(a: Advice) -> None:
+    from rich.table import Table
+
+    label = {"rag": "RAG", "fine-tune": "FINE-TUNE", "rag+fine-tune": "RAG + FINE-TUNE", "prompting": "PROMPTING"}
+    method = {"lora": " with LoRA", "full": " (full fine-tuning)", None: ""}[a.method]
+    console.print(f"[bold]Recommendation: {label[a.choice]}{method}[/]", highlight=False)
+    for line in a.reasons:
+        console.print(f"  - {line}", highlight=False, markup=False)
+    if a.evidence is not None:
+        e = a.evidence
+        t = Table(title=f"\nEvidence from the data ({e.examples} examples)", show_header=False, box=None,
+                  padding=(0, 2), title_justify="left")
+        t.add_row("facts absent from the prompt", f"{e.facts_per_completion:.1f} per completion",
+                  ", ".join(e.fact_samples[:3]))
+        t.add_row("style markers", f"{e.styled_share:.0%} of completions", ", ".join(e.style_markers[:6]))
+        t.add_row("structured output", f"{e.structured_share:.0%} of completions", e.structured or "-")
+        t.add_row("completion words in the prompt", f"{e.coverage:.0%}",
+                  f"median words: prompt {e.prompt_words:g}, completion {e.completion_words:g}")
+        console.print(t)
+    if a.baseline is not None:
+        b = a.baseline
+        console.print(f"\nPrompt-only baseline ({b.model}, {b.shots}-shot, {b.examples} held-out examples): "
+                          f"token F1 {b.token_f1:.2f}, ROUGE-L {b.rouge_l:.2f}, exact match {b.exact_match:.0%}",
+                          highlight=False)
