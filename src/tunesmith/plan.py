@@ -17,7 +17,8 @@ kv = kv_heads x head_dim, V vocabulary, N supervised targets in the batch, r LoR
   With gradient checkpointing only each layer's input (h) stays, plus one layer recomputed at a time.
 - LM head: the trainer projects only the N supervised positions, 256 rows at a time, and keeps only the
   gradient for the hidden states (N x h); a chunk's fp32 logits and softmax gradient are 8 x 256 x V bytes.
-- autocast copies: under bf16 autocast each matmul keeps a bf16 copy of its weight for backward: 2P.
+- autocast copies: under bf16 autocast each matmul keeps a bf16 copy of its weight for backward: 2P
+  (LoRA adapters included).
 - CPU allocator: glibc serves requests under 32 MiB from heaps that fragment. Measured with the trainer on
   the built-in model (batch 2-8, length 64-256), activations in such tensors cost 1.8x their size in peak RSS.
 - framework: the Python process with torch and transformers (CPU RSS); on CUDA the context, which
@@ -273,8 +274,9 @@ def memory(arch: Arch, s: Setup) -> dict[str, int]:
     n = s.batch_size * s.targets_per_row
     chunk = min(n, HEAD_CHUNK) * arch.vocab * (8 if s.precision == "fp32" else 10)
     parts["lm_head"] = round(chunk + n * arch.hidden * (4 if s.precision == "fp32" else 2))
-    if s.precision == "mixed":  # bf16 copies of every matmul weight, kept for backward
-        parts["autocast_copies"] = 2 * (arch.layers * arch.layer_matmul_params + arch.embedding_params)
+    if s.precision == "mixed":  # bf16 copies of every matmul weight (adapters too), kept for backward
+        adapters = trainable if s.method == "lora" else 0
+        parts["autocast_copies"] = 2 * (arch.layers * arch.layer_matmul_params + arch.embedding_params + adapters)
     return parts
 
 

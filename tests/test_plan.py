@@ -1,0 +1,255 @@
+"""The planner's arithmetic on known configs, hand-computed, and its recommendation logic."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tunesmith.errors import ConfigError, ModelError
+from tunesmith.plan import (
+    CPU_PROCESS_BYTES,
+    CUDA_CONTEXT_BYTES,
+    GIB,
+    Arch,
+    DataStats,
+    Setup,
+    data_stats,
+    estimate,
+    flops_per_token,
+    load_arch,
+    lora_params,
+    lora_targets,
+    memory,
+    output_bytes,
+    peak_bytes,
+    recommend,
+    required_bytes,
+)
+
+CONFIGS = Path(__file__).parent / "data" / "configs"
+LLAMA_7B = str(CONFIGS / "llama-2-7b")
+MISTRAL_7B = str(CONFIGS / "mistral-7b")
+SMOLLM2 = str(CONFIGS / "smollm2-135m" / "config.json")
+
+# hidden 64, MLP 128, 2 layers, 4 heads of 16, 2 KV heads, vocabulary 400, tied: small enough to count by hand
+TINY = Arch("llama", hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, head_dim=16, vocab=400, tied=True)
+
+
+def test_llama_2_7b_parameter_count() -> None:
+    arch, ref = load_arch(LLAMA_7B)
+    assert ref.kind == "local"
+    # embeddings 32000 x 4096, untied LM head the same; per layer attention 4 x 4096^2, MLP 3 x 4096 x 11008,
+    # two RMSNorms of 4096; a final norm of 4096.
+    per_layer = 4 * 4096**2 + 3 * 4096 * 11008 + 2 * 4096
+    assert arch.parameters == 2 * 32000 * 4096 + 32 * per_layer + 4096 == 6_738_415_616
+
+
+def test_grouped_query_attention_mistral_7b() -> None:
+    arch, _ = load_arch(MISTRAL_7B)
+    # 8 KV heads of 128: k and v are 4096 x 1024 each
+    per_layer = 2 * 4096**2 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096
+    assert arch.parameters == 2 * 32000 * 4096 + 32 * per_layer + 4096 == 7_241_732_096
+
+
+def test_builtin_model_parameter_count_tied_embeddings() -> None:
+    arch, ref = load_arch(SMOLLM2)  # a bare config.json file
+    assert ref is None and arch.tied
+    # 9 heads of 64 (q, o: 576 x 576), 3 KV heads (k, v: 576 x 192), MLP 3 x 576 x 1536; the head is the embedding
+    per_layer = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576
+    assert arch.parameters == 49152 * 576 + 30 * per_layer + 576 == 134_515_008
+
+
+def test_lora_trainable_count_by_hand() -> None:
+    # r x (in + out): q 64+64, k 64+32, v 64+32, o 64+64, gate 64+128, up 64+128, down 128+64 = 1024 per layer
+    assert lora_params(TINY, 8, lora_targets(TINY, "all-linear")) == 8 * 1024 * 2 == 16_384
+    assert lora_params(TINY, 8, lora_targets(TINY, "q_proj,v_proj")) == 8 * (128 + 96) * 2 == 3_584
+    assert lora_params(TINY, 4, lora_targets(TINY, ["down_proj"])) == 4 * 192 * 2
+
+
+def test_lora_counts_match_peft_figures() -> None:
+    llama, _ = load_arch(LLAMA_7B)
+    smol, _ = load_arch(SMOLLM2)
+    # PEFT prints "trainable params: 4,194,304" for r=8 on q_proj, v_proj of Llama-2-7B
+    assert lora_params(llama, 8, lora_targets(llama, "q_proj,v_proj")) == 4_194_304
+    assert lora_params(smol, 16, lora_targets(smol, "all-linear")) == 4_884_480
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3", "gemma"])
+def test_arithmetic_matches_the_instantiated_model(kind: str) -> None:
+    """The formula against transformers' own modules for each supported family (biases, q/k norms)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(kind, hidden_size=48, intermediate_size=80, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, vocab_size=100)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    arch = Arch.from_config(config)
+    assert arch.parameters == sum(p.numel() for p in model.parameters())
+    linear = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert set(arch.linears()) == linear - {"lm_head"}
+
+
+def test_unknown_model_type_and_target_names_are_explained(tmp_path: Path) -> None:
+    config = tmp_path / "config.json"
+    config.write_text('{"model_type": "gpt2", "n_embd": 64}')
+    with pytest.raises(ConfigError, match="model type 'gpt2': the planner knows Llama-shaped decoders"):
+        load_arch(str(config))
+    with pytest.raises(ConfigError, match="c_attn: not a linear layer of this model; choose from all-linear, "
+                                          "q_proj, k_proj"):
+        lora_targets(TINY, "c_attn")
+    with pytest.raises(ModelError, match="model 'no/such-model-here': cannot read its config"):
+        load_arch("no/such-model-here")  # offline in tests: the hub is not reachable
+
+
+def test_memory_parts_for_full_fine_tuning_of_7b_in_fp32() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    s = Setup("full", batch_size=1, seq_len=512, targets_per_row=511, precision="fp32", device="cpu")
+    parts = memory(arch, s)
+    p = 6_738_415_616
+    assert (parts["weights"], parts["gradients"], parts["optimizer"]) == (4 * p, 4 * p, 8 * p)
+    assert parts["lora_weights"] == parts["lora_activations"] == 0
+    # per token and layer: (6h + 2q + 2kv + 4i) x 4 bytes + log-sum-exp of 32 heads + two rsqrt
+    per_token_layer = (6 * 4096 + 4 * 4096 + 4 * 11008) * 4 + 32 * 4 + 8
+    assert parts["activations"] == 512 * 32 * per_token_layer
+    assert parts["framework"] == CPU_PROCESS_BYTES
+
+
+def test_lora_on_cuda_keeps_autocast_copies_and_no_allocator_overhead() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    s = Setup("lora", 4, 1024, 512, "mixed", "cuda", r=16, targets=tuple(arch.linears()))
+    parts = memory(arch, s)
+    trainable = lora_params(arch, 16, s.targets)
+    assert parts["weights"] == 4 * arch.parameters  # the trainer keeps fp32 weights and autocasts to bf16
+    assert parts["lora_weights"] == parts["gradients"] == 4 * trainable and parts["optimizer"] == 8 * trainable
+    assert parts["autocast_copies"] == 2 * (32 * arch.layer_matmul_params + 32000 * 4096 + trainable)
+    assert parts["framework"] == parts["allocator"] == 0
+    assert required_bytes(arch, s) == peak_bytes(arch, s, parts) + CUDA_CONTEXT_BYTES
+
+
+def test_full_fine_tuning_peak_swaps_gradients_for_activations() -> None:
+    """Backward frees activations as gradients arrive: the peak is not their sum, unless accumulating."""
+    arch, _ = load_arch(SMOLLM2)
+    s = Setup("full", 4, 128, 64, "fp32", "cpu")
+    parts = memory(arch, s)
+    total = sum(parts.values())
+    assert peak_bytes(arch, s, parts) < total
+    assert peak_bytes(arch, dataclasses.replace(s, grad_accum=2), parts) == total
+
+
+def test_output_sizes_match_the_walkthrough() -> None:
+    """'Base model 14GB -> new full model 14GB' vs 'LoRA adapter 20MB' (7B, fp16 weights, small r)."""
+    arch, _ = load_arch(LLAMA_7B)
+    assert output_bytes(arch, "full", arch.parameters, weight_bytes=2) / 1e9 == pytest.approx(13.48, abs=0.01)
+    adapter = output_bytes(arch, "lora", lora_params(arch, 8, ("q_proj", "v_proj")))
+    assert adapter == 4 * 4_194_304  # fp32: 16.8 MB
+
+
+def test_flops_per_token_by_hand() -> None:
+    s = Setup("full", 1, 10, 5, "fp32", "cpu")
+    body = 2 * (64 * 64 + 64 * 32 + 64 * 32 + 64 * 64 + 3 * 64 * 128)
+    head = 400 * 64 * 5 / 10  # the LM head runs on the supervised half
+    attention = 6 * 2 * 10 * 64
+    assert flops_per_token(TINY, s) == 6 * (body + head) + attention
+    lora = dataclasses.replace(s, method="lora", r=8, targets=tuple(TINY.linears()))
+    assert flops_per_token(TINY, lora) == 4 * (body + head) + 6 * 16_384 + attention
+
+
+def _setup(**kw: object) -> Setup:
+    base = {"method": "lora", "batch_size": 8, "seq_len": 1024, "targets_per_row": 512, "precision": "mixed",
+            "device": "cuda", "targets": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+    return Setup(**{**base, **kw})  # type: ignore[arg-type]
+
+
+def test_recommendation_keeps_a_run_that_fits() -> None:
+    arch, _ = load_arch(SMOLLM2)
+    rec = recommend(arch, _setup(), 80 * GIB, 1024)
+    assert (rec.method, rec.batch_size, rec.grad_accum, rec.fits) == ("lora", 8, 1, True)
+    assert rec.reasons[0].startswith("needs ") and rec.reasons[0].endswith("of 80.00 GiB available")
+
+
+def test_recommendation_trades_batch_for_accumulation() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    s = _setup()
+    one = required_bytes(arch, dataclasses.replace(s, batch_size=1, grad_accum=8))
+    rec = recommend(arch, s, int(one / 0.9) + 1, 1024)  # exactly room for batch 1
+    assert (rec.method, rec.batch_size, rec.grad_accum, rec.fits) == ("lora", 1, 8, True)
+    assert "micro-batch 1 x 8 accumulation steps keeps 8 examples per step" in rec.reasons[-1]
+
+
+def test_recommendation_switches_full_to_lora_when_full_cannot_fit() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    rec = recommend(arch, _setup(method="full", targets=()), 80 * GIB, 1024)
+    assert rec.method == "lora" and rec.fits
+    assert any("full fine-tuning does not fit even at batch 1 (weights, gradients and AdamW take 16 bytes "
+               "per parameter)" in r for r in rec.reasons)
+
+
+def test_recommendation_shortens_rows_then_gives_up() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    s = _setup(batch_size=1)
+    short = dataclasses.replace(s, seq_len=256, targets_per_row=255)
+    rec = recommend(arch, s, int(required_bytes(arch, short) / 0.9) + 1, 1024)
+    assert (rec.batch_size, rec.max_length, rec.fits) == (1, 256, True)
+    assert "--max-length 256" in rec.reasons[-1]
+    hopeless = recommend(arch, s, 8 * GIB, 1024)
+    assert hopeless.fits is False and "use a machine with more memory" in hopeless.reasons[-1]
+
+
+def test_unknown_budget_says_how_to_give_one() -> None:
+    rec = recommend(TINY, _setup(), None, 1024)
+    assert rec.fits is None and "pass --gpu-memory GB" in rec.reasons[0]
+
+
+def test_data_stats_count_what_training_sees(tmp_path: Path, tiny_tokenizer) -> None:
+    from tunesmith.data.tokenize import encode
+
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "How do I reset my password?", "completion": "Go to the Account page."}\n'
+                    '{"prompt": "Where is my order?", "completion": "' + "track it " * 40 + '"}\n')
+    stats = data_stats(data, tiny_tokenizer, max_length=48)
+    enc = [encode(tiny_tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": c}], 48)
+           for p, c in (("How do I reset my password?", "Go to the Account page."),
+                        ("Where is my order?", "track it " * 40))]
+    assert stats.examples == 2 and stats.truncated == 1 and stats.longest == 48
+    assert stats.tokens == sum(len(e.input_ids) for e in enc)
+    assert stats.targets == sum(e.supervised for e in enc) - sum(e.labels[0] != -100 for e in enc)
+
+
+def test_estimate_of_a_7b_config_without_weights() -> None:
+    plan = estimate(LLAMA_7B, "lora", batch_size=4, max_length=2048, lora_r=8, target_modules="q_proj,v_proj",
+                    device="cuda", gpu_memory_gb=24, data_tokens=1_000_000)
+    d = plan.to_dict()
+    assert d["parameters"] == 6_738_415_616 and d["trainable_parameters"] == 4_194_304
+    assert d["peak_memory_bytes"] == sum(d["memory"].values())  # LoRA: every part is alive as backward starts
+    assert d["speed_source"] in ("assumed", "matmul") and d["seconds_per_epoch"] > 0
+    assert d["recommendation"]["fits"] is False  # 27 GB of fp32 weights do not fit in 24 GB
+
+
+def test_estimate_uses_the_data_for_row_length_and_targets() -> None:
+    stats = DataStats(examples=100, tokens=20_000, targets=8_000, longest=300, most_targets=150, truncated=0)
+    plan = estimate(SMOLLM2, "lora", batch_size=8, max_length=1024, data=stats)
+    assert plan.seq_len == 300 and plan.data_tokens == 20_000
+    assert plan.seconds_per_epoch == pytest.approx(20_000 / plan.tokens_per_second)
+    longer = estimate(SMOLLM2, "lora", batch_size=8, max_length=1024)
+    assert longer.peak_memory_bytes > plan.peak_memory_bytes and longer.seq_len == 1024
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"method": "qlora"}, "method 'qlora': expected lora or full"),
+        ({"batch_size": 0}, "batch size 0: must be at least 1"),
+        ({"max_length": 1}, "max length 1: must be at least 2"),
+        ({"device": "tpu"}, "device 'tpu': expected cpu or cuda"),
+        ({"gpu_memory_gb": 24}, "--gpu-memory 24: give a positive size in GB, with --device cuda"),
+        ({"dtype": "int8"}, "dtype 'int8': expected float32, bfloat16 or float16"),
+    ],
+)
+def test_estimate_rejects_bad_settings(kwargs: dict, message: str) -> None:
+    args = {"method": "lora", "batch_size": 8, "max_length": 256, **kwargs}
+    method = args.pop("method")
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        estimate(SMOLLM2, method, **args)
