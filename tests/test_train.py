@@ -18,8 +18,9 @@ from safetensors.torch import load_file
 from tunesmith.config import LoraSettings, load_config
 from tunesmith.data.tokenize import encode
 from tunesmith.errors import RunError, TrainingError
-from tunesmith.model.loading import load_model, load_tokenizer
+from tunesmith.model.loading import load_model
 from tunesmith.model.lora import add_lora
+from tunesmith.train.allocator import allocator_env
 from tunesmith.train.batching import collate, epoch_order
 from tunesmith.train.loss import CompletionLoss
 from tunesmith.train.optim import lr_factor
@@ -60,12 +61,31 @@ def test_completion_loss_matches_transformers_loss(tiny_model_dir, tiny_tokenize
     model = load_model(str(tiny_model_dir)).eval()
     b = _batch(tiny_tokenizer)
     loss_fn = CompletionLoss(model)
-    assert loss_fn.check_fast_path(b.input_ids, b.attention_mask)  # the head-on-targets path is exact here
+    assert loss_fn.check_fast_path(b.input_ids)  # the head-on-targets path is exact here
     with torch.no_grad():
-        loss_sum, n = loss_fn(b.input_ids, b.attention_mask, b.labels)
+        loss_sum, n = loss_fn(b.input_ids, b.labels)
         reference = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss
     assert int(n) == b.targets
     assert float(loss_sum / n) == pytest.approx(float(reference), rel=1e-5)
+
+
+@pytest.mark.parametrize("trainable_head", [False, True])
+def test_head_cross_entropy_matches_autograd(trainable_head, monkeypatch):
+    from tunesmith.train import loss as loss_mod
+
+    monkeypatch.setattr(loss_mod, "HEAD_CHUNK", 7)  # several chunks, the last one partial
+    torch.manual_seed(0)
+    h = torch.randn(20, 12, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(50, 12, dtype=torch.float64, requires_grad=trainable_head)
+    y = torch.randint(0, 50, (20,))
+    ours = loss_mod.head_cross_entropy(h, w, y)
+    (gh,) = torch.autograd.grad(ours * 3.0, [h], retain_graph=trainable_head)
+    ref = torch.nn.functional.cross_entropy(h @ w.t(), y, reduction="sum")
+    (rh,) = torch.autograd.grad(ref * 3.0, [h], retain_graph=trainable_head)
+    assert torch.allclose(ours.double(), ref, atol=1e-6)
+    assert torch.allclose(gh, rh, atol=1e-9)
+    if trainable_head:
+        assert torch.allclose(torch.autograd.grad(ours, [w])[0], torch.autograd.grad(ref, [w])[0], atol=1e-9)
 
 
 def test_epoch_order_is_a_deterministic_permutation():
@@ -267,7 +287,10 @@ def test_cli_end_to_end_ten_steps(tiny_model_dir, qa_file, tmp_path):
     assert p.returncode == 0, stderr
     assert "Training settings" in stdout and "done" in stdout
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
-    assert json.loads((out / "manifest.json").read_text())["result"]["steps"] == 10
+    result = json.loads((out / "manifest.json").read_text())["result"]
+    assert result["steps"] == 10
+    assert result["allocator"] == ("mimalloc" if allocator_env() is not None or "mimalloc" in
+                                   os.environ.get("LD_PRELOAD", "") else "system")
     assert math.isfinite(json.loads((out / "metrics.jsonl").read_text().splitlines()[-1]).get("eval_loss", 0))
 
 
@@ -281,3 +304,29 @@ def test_cli_config_errors_are_one_line(tmp_path, qa_file):
     p = _cli("train", "--resume", str(tmp_path))
     _, stderr = p.communicate(timeout=60)
     assert p.returncode == 2 and "nothing to resume" in stderr and "Traceback" not in stderr
+
+
+def test_fused_gated_mlp_matches_the_original(tiny_model_dir, tiny_tokenizer):
+    from tunesmith.train.kernels import fuse_gated_mlps
+
+    b = _batch(tiny_tokenizer)
+    outs = []
+    for fuse in (False, True):
+        model = load_model(str(tiny_model_dir))
+        if fuse:
+            assert fuse_gated_mlps(model) == model.config.num_hidden_layers
+        loss = model(input_ids=b.input_ids, labels=b.labels).loss
+        loss.backward()
+        outs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert torch.allclose(outs[0][0], outs[1][0], atol=1e-6)
+    assert all(torch.allclose(a, c, atol=1e-6) for a, c in zip(outs[0][1], outs[1][1], strict=True))
+
+
+def test_allocator_env_respects_opt_out_and_existing_preload():
+    assert allocator_env({"TUNESMITH_MALLOC": "system"}) is None
+    env = allocator_env({"LD_PRELOAD": "/opt/other.so"})
+    if env is None:
+        pytest.skip("cmeel-mimalloc is not installed here")
+    assert env["LD_PRELOAD"].endswith(":/opt/other.so") and "libmimalloc" in env["LD_PRELOAD"]
+    assert env["MIMALLOC_PURGE_DELAY"] == "-1"
+    assert allocator_env(env) is None  # already on: no second re-exec

@@ -46,6 +46,10 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if sys.argv[1:2] == ["train"]:
+        from tunesmith.train.allocator import reexec_under_mimalloc
+
+        reexec_under_mimalloc(sys.argv[1:])
     try:
         app()
     except TunesmithError as e:

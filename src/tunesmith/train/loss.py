@@ -1,10 +1,14 @@
-"""Completion-only loss that runs the LM head only where there is a target.
+"""Completion-only loss that runs the LM head only where there is a target, a chunk at a time.
 
 The LM head of a small model is a large share of its compute (SmolLM2-135M: 576 x 49152, about a fifth of a
 forward pass), and most positions of a prompt/completion example are prompt. So the loss takes the decoder's
 hidden states, keeps the N supervised positions, and projects only those: (B, T, C) -> (N, C) -> (N, V).
-A probe at start-up checks this equals the model's own logits; models that post-process logits
-(e.g. soft-capping) fall back to the full forward pass.
+The projection and cross-entropy are fused and chunked (`head_cross_entropy`), so the (N, V) logits never
+exist at once. A probe at start-up checks the path equals the model's own logits; models that post-process
+logits (e.g. soft-capping) fall back to the full forward pass.
+
+Batches are right-padded and attention is causal, so no real token can see a pad token: the decoder runs
+without an attention mask, which lets SDPA take its fused causal kernel (and native GQA).
 """
 
 from __future__ import annotations
@@ -19,6 +23,53 @@ from tunesmith.data.tokenize import IGNORE
 
 log = logging.getLogger(__name__)
 
+HEAD_CHUNK = 256  # rows of (N, V) logits alive at once
+
+
+class _HeadCrossEntropy(torch.autograd.Function):
+    """sum_i CE(h_i @ W^T, y_i), with gradients computed chunk by chunk during the forward pass.
+
+    For logits z = h W^T and p = softmax(z): dL/dz = p - onehot(y), dL/dh = (p - onehot) W and
+    dL/dW = (p - onehot)^T h. Keeping dL/dh (N, C) instead of the logits (N, V) is the memory saving.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        acc = torch.promote_types(hidden.dtype, torch.float32)  # bf16 logits are reduced in fp32
+        loss = torch.zeros((), dtype=acc, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        for s in range(0, hidden.shape[0], HEAD_CHUNK):
+            h, y = hidden[s : s + HEAD_CHUNK], targets[s : s + HEAD_CHUNK]
+            logits = (h @ weight.t()).to(acc)  # (n, V)
+            lse = torch.logsumexp(logits, dim=-1)  # (n,)
+            rows = torch.arange(len(y), device=y.device)
+            loss += (lse - logits[rows, y]).sum()
+            if need_h or need_w:
+                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place: (n, V)
+                grad[rows, y] -= 1.0
+                grad = grad.to(weight.dtype)
+                if need_h:
+                    grad_h[s : s + HEAD_CHUNK] = grad @ weight
+                if need_w:
+                    grad_w += (grad.t() @ h).to(acc)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.weight_dtype = weight.dtype
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        grad_h, grad_w = ctx.saved_tensors
+        gh = grad_h * grad_out.to(grad_h.dtype) if grad_h is not None else None
+        gw = (grad_w * grad_out).to(ctx.weight_dtype) if grad_w is not None else None
+        return gh, gw, None
+
+
+def head_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of `hidden @ weight.T` against `targets`, without materialising all logits."""
+    return _HeadCrossEntropy.apply(hidden, weight, targets)
+
 
 class CompletionLoss(nn.Module):
     """forward(batch tensors) -> (summed cross-entropy over supervised targets, number of targets).
@@ -31,39 +82,37 @@ class CompletionLoss(nn.Module):
         self.model = model
         self.head_on_targets_only = True
 
-    def _selected_logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, sel: torch.Tensor):
-        if self.head_on_targets_only:
-            decoder = self.model.get_decoder()
-            hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
-            return self.model.get_output_embeddings()(hidden[:, :-1][sel])  # (N, V)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
-        return logits[:, :-1][sel]
+    def _hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model.get_decoder()(input_ids=input_ids).last_hidden_state  # (B, T, C)
 
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         targets = labels[:, 1:]  # position t predicts token t+1
         sel = targets != IGNORE  # (B, T-1)
-        logits = self._selected_logits(input_ids, attention_mask, sel)
-        loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
+        if self.head_on_targets_only:
+            head = self.model.get_output_embeddings()
+            h = self._hidden(input_ids)[:, :-1][sel]  # (N, C)
+            loss = head_cross_entropy(h, head.weight, targets[sel])
+        else:
+            logits = self.model(input_ids=input_ids).logits[:, :-1][sel]  # (N, V)
+            loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
         return loss, sel.sum()
 
     @torch.no_grad()
-    def check_fast_path(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> bool:
+    def check_fast_path(self, input_ids: torch.Tensor) -> bool:
         """Use the head-on-targets path only if it reproduces the model's logits on a probe batch."""
         was_training = self.model.training
         self.model.eval()
         try:
-            sel = attention_mask[:, 1:].bool()
-            self.head_on_targets_only = True
-            fast = self._selected_logits(input_ids, attention_mask, sel)
-            self.head_on_targets_only = False
-            full = self._selected_logits(input_ids, attention_mask, sel)
-            ok = torch.allclose(fast.float(), full.float(), atol=1e-3, rtol=1e-3)
+            head = self.model.get_output_embeddings()
+            ok = getattr(head, "bias", None) is None and isinstance(head, nn.Linear)
+            if ok:
+                fast = head(self._hidden(input_ids))
+                full = self.model(input_ids=input_ids).logits
+                ok = torch.allclose(fast.float(), full.float(), atol=1e-3, rtol=1e-3)
         except (AttributeError, NotImplementedError, TypeError) as e:
             log.info("LM-head-on-targets path unavailable (%s); using the full forward", e)
             ok = False
         finally:
             self.model.train(was_training)
-        self.head_on_targets_only = ok
-        return ok
+        self.head_on_targets_only = bool(ok)
+        return self.head_on_targets_only

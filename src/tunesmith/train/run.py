@@ -29,7 +29,9 @@ from tunesmith.config import TrainConfig, dump_yaml, load_config, resolve_defaul
 from tunesmith.errors import RunError
 from tunesmith.model.loading import fingerprint, load_model, load_tokenizer, pick_device, resolve
 from tunesmith.train import checkpoint
+from tunesmith.train.allocator import current_allocator
 from tunesmith.train.distributed import Dist, device_for, setup, teardown
+from tunesmith.train.kernels import fuse_gated_mlps
 from tunesmith.train.loop import Guard, Hooks, LoopSpec, run_loop, steps_per_epoch
 from tunesmith.train.loss import CompletionLoss
 from tunesmith.train.metrics import MetricsSink
@@ -158,11 +160,12 @@ def _train(config, run, device, d: Dist, hooks, guard_factory, replay, on_start,
         on_start(config, manifest)
 
     model = _build_model(config, ref, device)
+    fuse_gated_mlps(model)
     loss_fn = CompletionLoss(model)
     from tunesmith.train.batching import collate
 
     probe = collate(data.train[: min(2, len(data.train))], tokenizer.pad_token_id).to(device)
-    loss_fn.check_fast_path(probe.input_ids, probe.attention_mask)
+    loss_fn.check_fast_path(probe.input_ids)
     guard = guard_factory(tokenizer) if guard_factory and d.main else None
     if guard is not None:
         guard.baseline(model)  # scored before any update: LoRA at init equals the base model
@@ -213,6 +216,7 @@ def _finish(run, config, model, tokenizer, state, device, d: Dist) -> RunResult:
             "output_bytes": size, "train_seconds": round(state.elapsed, 2), "tokens": state.tokens,
             "tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "allocator": current_allocator(),
         }
         if device.startswith("cuda"):
             manifest["result"]["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()

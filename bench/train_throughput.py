@@ -1,0 +1,257 @@
+"""Training throughput: tunesmith vs TRL SFTTrainer + PEFT (LoRA) and vs the transformers Trainer (full).
+
+Every contender runs in its own subprocess of this one invocation (so peak RSS is its own), on the built-in
+SmolLM2-135M, the same data (examples/support.jsonl as chat prompt/completion), batch 8, max length 512,
+completion-only loss, fp32 on CPU. LoRA: r=16, alpha=32, all linear layers. The references use their
+defaults except `bf16=False` (TRL's default bf16 crashes on CPU) and no reporting/saving.
+
+Measured over steady-state steps (the first `--skip` steps are excluded on every side):
+- tokens/s: real (non-pad) tokens per second of training-step time;
+- peak RSS: the subprocess's maximum resident set size;
+- peak fraction: achieved model FLOP/s over this machine's measured fp32 matmul peak.
+
+Run:  python bench/train_throughput.py [--steps 30] [--skip 3] [--threads N]
+Ends with: RESULT lora_speed_ratio=X lora_rss_ratio=Y full_speed_ratio=Z peak_fraction=W
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "examples" / "support.jsonl"
+BATCH, MAX_LEN, R, ALPHA = 8, 512, 16, 32
+
+
+def rows() -> list[dict]:
+    return [json.loads(line) for line in DATA.read_text().splitlines() if line.strip()]
+
+
+def peak_rss() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def steady(times: list[float], tokens: list[int], skip: int) -> float:
+    """tokens/s over steps after `skip`; times[i] is the duration of step i."""
+    return sum(tokens[skip:]) / sum(times[skip:])
+
+
+# ----------------------------------------------------------------------------------------------- workers
+def run_tunesmith(method: str, steps: int, skip: int) -> dict:
+    from tunesmith.cli.common import quiet_libraries
+    from tunesmith.config import load_config
+    from tunesmith.train.metrics import read_metrics
+    from tunesmith.train.run import train
+
+    quiet_libraries()
+    out = Path(tempfile.mkdtemp(prefix="bench-")) / "run"
+    cfg = load_config(None, data=str(DATA), out=str(out), method=method, max_steps=steps, batch_size=BATCH,
+                      max_length=MAX_LEN, lr=2e-4 if method == "lora" else 2e-5, eval_fraction=0.0,
+                      guard=False, save_every=10_000, lora_r=R, lora_alpha=ALPHA, lora_dropout=0.0)
+    train(cfg)
+    recs = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    times = [r["tokens"] - (recs[i - 1]["tokens"] if i else 0) for i, r in enumerate(recs)]
+    durations = [r["elapsed"] - (recs[i - 1]["elapsed"] if i else 0) for i, r in enumerate(recs)]
+    return {"tokens_per_s": steady(durations, times, skip), "peak_rss": peak_rss(),
+            "targets_share": _targets_share(), "loss_last": recs[-1]["loss"]}
+
+
+def _targets_share() -> float:
+    """Share of real tokens that are supervised (the LM head runs only there)."""
+    from tunesmith.data.tokenize import encode
+    from tunesmith.model.loading import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    encs = [encode(tok, [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}],
+                   MAX_LEN) for r in rows()]
+    return sum(e.supervised for e in encs) / sum(len(e.input_ids) for e in encs)
+
+
+def _chat_dataset():
+    from datasets import Dataset
+
+    return Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}],
+                               "completion": [{"role": "assistant", "content": r["completion"]}]} for r in rows()])
+
+
+class _Clock:
+    """Step durations (TrainerCallback) and real tokens per batch (wrapped collator)."""
+
+    def __init__(self):
+        self.t = time.perf_counter()
+        self.times: list[float] = []
+        self.tokens: list[int] = []
+        self.pending = 0
+
+    def collate(self, inner):
+        def wrapped(features):
+            batch = inner(features)
+            self.pending += int(batch["attention_mask"].sum()) if "attention_mask" in batch else int(
+                batch["input_ids"].numel())
+            return batch
+        return wrapped
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        clock = self
+
+        class CB(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kw):
+                clock.t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                clock.times.append(time.perf_counter() - clock.t)
+                clock.tokens.append(clock.pending)
+                clock.pending = 0
+        return CB()
+
+
+def run_trl_lora(steps: int, skip: int) -> dict:
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from tunesmith.model.loading import load_tokenizer, resolve
+
+    path = resolve("smollm2-135m").path
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    args = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=BATCH,
+                     max_length=MAX_LEN, learning_rate=2e-4, bf16=False, report_to=[], save_strategy="no",
+                     logging_steps=1_000, dataloader_num_workers=0)
+    peft_config = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
+                             task_type="CAUSAL_LM")
+    clock = _Clock()
+    trainer = SFTTrainer(model=model, args=args, train_dataset=_chat_dataset(), peft_config=peft_config,
+                         processing_class=load_tokenizer(path), callbacks=[clock.callback()])
+    trainer.data_collator = clock.collate(trainer.data_collator)
+    trainer.train()
+    return {"tokens_per_s": steady(clock.times, clock.tokens, skip), "peak_rss": peak_rss()}
+
+
+def run_trainer_full(steps: int, skip: int) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+
+    from tunesmith.data.tokenize import encode
+    from tunesmith.model.loading import load_tokenizer, resolve
+
+    path = resolve("smollm2-135m").path
+    tok = load_tokenizer(path)
+    encs = [encode(tok, [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}],
+                   MAX_LEN) for r in rows()]
+    ds = Dataset.from_list([{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids),
+                             "labels": e.labels} for e in encs])
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=BATCH,
+                             learning_rate=2e-5, bf16=False, report_to=[], save_strategy="no", logging_steps=1_000,
+                             dataloader_num_workers=0)
+    clock = _Clock()
+    collator = clock.collate(DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator,
+                      callbacks=[clock.callback()])
+    trainer.train()
+    return {"tokens_per_s": steady(clock.times, clock.tokens, skip), "peak_rss": peak_rss()}
+
+
+def matmul_peak(seconds: float = 3.0) -> float:
+    """fp32 GFLOP/s of a large square matmul on this machine (best of a few timed repeats)."""
+    import torch
+
+    n = 1024
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    best, end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        best = max(best, 10 * 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def lora_flops_per_token(targets_share: float) -> float:
+    """Model FLOPs per real token of a LoRA step on SmolLM2-135M, counting what tunesmith computes.
+
+    Frozen base: forward 2N + backward through activations 2N (no weight gradients), where N is the
+    decoder's matmul parameters; the LM head (576 x 49152) runs forward and backward only on supervised
+    positions; attention scores add 4 * T * d per layer forward (x2 for backward). LoRA's own FLOPs are small
+    and counted as 6 x its parameters.
+    """
+    layers, d, inter, kv, vocab, t = 30, 576, 1536, 192, 49152, 128
+    per_layer = d * d * 2 + d * kv * 2 + 3 * d * inter  # q,o + k,v + gate,up,down
+    n_body = layers * per_layer
+    lora = layers * R * ((d + d) * 2 + (d + kv) * 2 + 2 * (d + inter) + (inter + d))
+    head = d * vocab
+    attn = layers * 4 * t * d
+    return 4 * n_body + 6 * lora + 4 * head * targets_share + 3 * attn
+
+
+WORKERS = {"tunesmith-lora": lambda s, k: run_tunesmith("lora", s, k), "trl-lora": run_trl_lora,
+           "tunesmith-full": lambda s, k: run_tunesmith("full", s, k), "trainer-full": run_trainer_full}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--skip", type=int, default=3)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--only", default=",".join(WORKERS))
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.worker:
+        import torch
+
+        torch.set_num_threads(a.threads)
+        print("BENCH " + json.dumps(WORKERS[a.worker](a.steps, a.skip)), flush=True)
+        return
+    results = {}
+    for name in a.only.split(","):
+        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
+                   OMP_NUM_THREADS=str(a.threads))
+        if name.startswith("tunesmith"):  # the allocator `tunesmith train` runs under (see train/allocator.py)
+            from tunesmith.train.allocator import allocator_env
+
+            env = allocator_env(env) or env
+        cmd = [sys.executable, __file__, "--worker", name, "--steps", str(a.steps), "--skip", str(a.skip),
+               "--threads", str(a.threads)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        line = [x for x in proc.stdout.splitlines() if x.startswith("BENCH ")]
+        if proc.returncode or not line:
+            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
+        results[name] = json.loads(line[0][6:])
+        r = results[name]
+        print(f"{name:15s} {r['tokens_per_s']:8.1f} tokens/s   peak RSS {r['peak_rss'] / 2**20:7.0f} MiB", flush=True)
+    import torch
+
+    torch.set_num_threads(a.threads)
+    peak = matmul_peak()
+    out = {}
+    if {"tunesmith-lora", "trl-lora"} <= results.keys():
+        ours, ref = results["tunesmith-lora"], results["trl-lora"]
+        out["lora_speed_ratio"] = ours["tokens_per_s"] / ref["tokens_per_s"]
+        out["lora_rss_ratio"] = ours["peak_rss"] / ref["peak_rss"]
+    if {"tunesmith-full", "trainer-full"} <= results.keys():
+        out["full_speed_ratio"] = results["tunesmith-full"]["tokens_per_s"] / results["trainer-full"]["tokens_per_s"]
+    if "tunesmith-lora" in results:
+        ours = results["tunesmith-lora"]
+        achieved = ours["tokens_per_s"] * lora_flops_per_token(ours["targets_share"])
+        out["peak_fraction"] = achieved / peak
+        print(f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; tunesmith LoRA achieves {achieved / 1e9:.0f} GFLOP/s "
+              f"({ours['targets_share']:.0%} of tokens supervised)")
+    print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in out.items()))
+
+
+if __name__ == "__main__":
+    main()
