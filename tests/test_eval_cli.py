@@ -91,6 +91,9 @@ def test_fresh_adapter_passes_with_zero_deltas(monkeypatch, capsys, lora_run):
     assert report["verdict"] == "pass" and report["base"]["source"] == report["tuned"]["source"].split(" + ")[0]
     assert [r["task"] for r in report["suite"]] == ["capitals", "instructions", "prose"]
     assert all(r["delta"] == 0 and r["ci"] == [0, 0] for r in report["suite"])
+    chosen = report["suite"][1]["outputs"]  # instructions: the choice each model preferred, item by item
+    assert len(chosen) == 24 and all(o["base"] == o["tuned"] and o["tuned"] for o in chosen)
+    assert report["suite"][0]["outputs"] == []  # greedy items keep no text
     assert {m["name"]: m["delta"] for m in report["target_task"]["metrics"]}["eval_loss"] == 0
     assert (lora_run / "eval" / "report.html").is_file() and (lora_run / "eval" / "report.md").is_file()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -126,3 +128,27 @@ def test_generate_batched_equals_alone(model, tiny_tokenizer):
     together = scoring.generate(model, tiny_tokenizer, PROMPTS, max_new_tokens=6)
     alone = [scoring.generate(model, tiny_tokenizer, [p], max_new_tokens=6)[0] for p in PROMPTS]
     assert together == alone and len(set(together)) == len(PROMPTS)
+
+
+def test_cached_shared_prefix_changes_nothing(model, tiny_tokenizer, monkeypatch):
+    system = [{"role": "system", "content": "You are a helpful assistant. Answer briefly."}]
+    items = [([*system, {"role": "user", "content": p}], "Sure", a)
+             for p, a in zip(PROMPTS, ["Paris", "Go to the page", "30", "dog", "name FROM"], strict=True)]
+    seqs = [scoring.tail_tokens(tiny_tokenizer, scoring.chat_prefix(tiny_tokenizer, m) + f"{pre} ", a)
+            for m, pre, a in items]
+    assert scoring._shared_length(seqs) >= 10 and scoring._cache_arg(model) is not None
+    shared = scoring.score_tails(model, seqs, tiny_tokenizer.pad_token_id)
+    monkeypatch.setattr(scoring, "MIN_SHARED", 10_000)  # no prefix cache: every batch runs the whole sequence
+    plain = scoring.score_tails(model, seqs, tiny_tokenizer.pad_token_id)
+    for a, b in zip(shared, plain, strict=True):
+        assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4) and a.top1 == b.top1
+
+
+def test_prefix_cache_works_through_a_peft_wrapper(model, tiny_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
+    assert scoring._cache_arg(wrapped) is not None
+    items = [(p, "Sure", "Paris") for p in PROMPTS]
+    assert scoring.greedy_match(wrapped.eval(), tiny_tokenizer, items) == pytest.approx(
+        scoring.greedy_match(model, tiny_tokenizer, items), abs=1e-4)

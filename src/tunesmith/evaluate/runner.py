@@ -147,6 +147,7 @@ def evaluate(opts: EvalOptions, progress: Progress = lambda _: None) -> dict[str
     if base is None:
         report["suite"] = [_single_row(s) for s in tuned_suite.values()]
         report["target_task"] = compare_target(examples, None, tuned_target) if examples else None
+        base_suite = None
     else:
         base_suite, base_target = score(base, tasks, examples, opts, progress)
         comparisons = compare(base_suite, tuned_suite, opts.thresholds, opts.seed)
@@ -154,6 +155,8 @@ def evaluate(opts: EvalOptions, progress: Progress = lambda _: None) -> dict[str
         report["suite"] = [c.to_dict() for c in comparisons]
         if examples:
             report["target_task"] = compare_target(examples, base_target, tuned_target, opts.thresholds, opts.seed)
+    for row in report["suite"]:
+        row["outputs"] = _outputs(row["task"], base_suite, tuned_suite)
     report["seconds"] = round(time.time() - started, 1)
     return report
 
@@ -176,6 +179,21 @@ def _header(opts: EvalOptions, tuned: Contender, base: Contender | None, data: s
         "suite": [],
         "target_task": None,
     }
+
+
+def _outputs(
+    name: str, base: dict[str, TaskScores] | None, tuned: dict[str, TaskScores]
+) -> list[dict[str, Any]]:
+    """Per item: what each model replied or chose (refusal and choice tasks), so verdicts can be audited."""
+    t = tuned[name]
+    if t.outputs is None:
+        return []
+    b = base[name].outputs if base is not None else None
+    return [
+        {"id": item["id"], "base": b[k] if b else None, "base_score": base[name].num[k] if base else None,
+         "tuned": t.outputs[k], "tuned_score": t.num[k]}
+        for k, item in enumerate(t.task.items)
+    ]
 
 
 def _single_row(s: TaskScores) -> dict[str, Any]:

@@ -227,7 +227,7 @@ def run_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     if task.scorer == "perplexity":
         nll = scoring.text_nll(model, tokenizer, [i["text"] for i in items])
         return TaskScores(task, [a for a, _ in nll], [float(b) for _, b in nll])
-    replies = scoring.generate(model, tokenizer, [i["prompt"] for i in items], REFUSAL_TOKENS)
+    replies = scoring.generate(model, tokenizer, [i["prompt"] for i in items], REFUSAL_TOKENS, batch_size=32)
     return TaskScores(task, [float(is_refusal(r)) for r in replies], [1.0] * len(replies), replies)
 
 
