@@ -330,3 +330,24 @@ def test_allocator_env_respects_opt_out_and_existing_preload():
     assert env["LD_PRELOAD"].endswith(":/opt/other.so") and "libmimalloc" in env["LD_PRELOAD"]
     assert env["MIMALLOC_PURGE_DELAY"] == "-1"
     assert allocator_env(env) is None  # already on: no second re-exec
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one_process_with_accumulation(tiny_model_dir, qa_file, tmp_path):
+    """torchrun with 2 CPU processes (gloo) x 1 micro-batch == 1 process x 2 accumulated micro-batches."""
+    common = ["train", str(qa_file), "--model", str(tiny_model_dir), "--max-steps", "4", "--batch-size", "4",
+              "--lr", "1e-3", "--no-guard", "--threads", "1", "--lora-dropout", "0", "--eval-every", "2"]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29611", "-m", "tunesmith", *common, "--out", str(tmp_path / "ddp")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    single = subprocess.run([sys.executable, "-m", "tunesmith", *common, "--grad-accum", "2",
+                             "--out", str(tmp_path / "one")], capture_output=True, text=True, env=env, timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    a = load_file(str(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    la = [json.loads(x)["loss"] for x in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    lb = [json.loads(x)["loss"] for x in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert la == pytest.approx(lb, rel=1e-5)

@@ -27,7 +27,11 @@ def fail(e: TunesmithError) -> NoReturn:
 
 def quiet_libraries() -> None:
     """Silence transformers' own progress bars and advisory warnings (call after heavy imports are allowed)."""
+    import warnings
+
     import transformers
 
+    # Deprecation chatter between transformers and peft is for their developers, not our users.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

@@ -118,6 +118,8 @@ def _run_training(config: Any, *, resume: bool, force: bool) -> None:
     def on_step(r: dict[str, Any]) -> None:
         info = f"loss {r['loss']:.4f}  lr {r['lr']:.2e}  {r['tokens_per_s']:.0f} tok/s"
         progress.update(task["id"], completed=r["step"], info=info)
+        if not console.is_terminal:  # logs and CI: a plain line per step instead of a live bar
+            console.print(f"step {r['step']}: {info}", highlight=False)
 
     def on_eval(r: dict[str, Any]) -> None:
         extra = "".join(f"  {k.removeprefix('guard/')} {v:.3f}" for k, v in r.items()
