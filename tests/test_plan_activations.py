@@ -14,8 +14,8 @@ import pytest
 
 from tunesmith.plan import Arch, Precision, layer_terms, lora_params
 
-H, I, HEADS, KV_HEADS, HEAD_DIM, R = 96, 160, 4, 2, 32, 8
-ARCH = Arch("llama", hidden=H, intermediate=I, layers=4, heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM,
+H, MLP, HEADS, KV_HEADS, HEAD_DIM, R = 96, 160, 4, 2, 32, 8
+ARCH = Arch("llama", hidden=H, intermediate=MLP, layers=4, heads=HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM,
             vocab=1000, tied=True)
 B, T = 2, 7
 
@@ -25,7 +25,7 @@ def _saved_bytes(layers: int, method: str, precision: Precision, targets: list[s
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(vocab_size=1000, hidden_size=H, intermediate_size=I, num_hidden_layers=layers,
+    config = LlamaConfig(vocab_size=1000, hidden_size=H, intermediate_size=MLP, num_hidden_layers=layers,
                          num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
                          tie_word_embeddings=True)
     torch.manual_seed(0)

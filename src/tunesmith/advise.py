@@ -115,6 +115,7 @@ class Baseline:
     token_f1: float
     rouge_l: float
     samples: list[dict[str, str]]  # a few prompts, replies and references to look at
+    shot_prompts: list[str]  # the training examples shown in the prompt (never from the eval split)
 
 
 @dataclass(frozen=True)
@@ -267,7 +268,11 @@ def prompt_baseline(
     model: str, examples: Sequence[Example], *, shots: int = 3, limit: int = 20, seed: int = 0,
     max_new_tokens: int = 128,
 ) -> Baseline:
-    """Score the base model, prompted with `shots` training examples, on up to `limit` held-out examples."""
+    """Score the base model, prompted with `shots` training examples, on up to `limit` held-out examples.
+
+    Greedy replies get 1.5x the longest reference's tokens (at most `max_new_tokens`); scores are the eval
+    engine's exact match, token F1 and ROUGE-L (`tunesmith.evaluate.metrics`), averaged.
+    """
     from tunesmith.data.prepare import split
     from tunesmith.evaluate.metrics import text_scores
     from tunesmith.evaluate.scoring import generate
@@ -278,10 +283,13 @@ def prompt_baseline(
     demos = random.Random(seed).sample(train, min(shots, len(train)))
     prompts = [few_shot(demos, ex.messages) for ex in held]
     tokenizer = load_tokenizer(model)
-    replies = generate(load_model(model), tokenizer, prompts, max_new_tokens)
     refs = [_prompt_and_reply(ex.messages)[1] for ex in held]
+    longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs), default=0)
+    budget = min(max_new_tokens, longest + longest // 2 + 8)  # room to answer, not to ramble
+    replies = generate(load_model(model), tokenizer, prompts, budget)
     scores = [text_scores(r, ref) for r, ref in zip(replies, refs, strict=True)]
     mean = {k: statistics.fmean(s[k] for s in scores) for k in ("exact_match", "token_f1", "rouge_l")}
     samples = [{"prompt": _prompt_and_reply(ex.messages)[0], "reply": r, "reference": ref}
                for ex, r, ref in zip(held[:3], replies, refs, strict=False)]
-    return Baseline(model, len(demos), len(held), samples=samples, **mean)
+    shown = [_prompt_and_reply(ex.messages)[0] for ex in demos]
+    return Baseline(model, len(demos), len(held), samples=samples, shot_prompts=shown, **mean)
