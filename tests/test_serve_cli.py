@@ -27,7 +27,7 @@ QUESTION = "How do I reset my password?"
 
 @pytest.fixture(scope="module")
 def run_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_run(tiny_model_dir, tmp_path_factory.mktemp("cli") / "support-run", seed=1)
+    return make_run(tiny_model_dir, tmp_path_factory.mktemp("cli") / "support-run", seed=4)
 
 
 @pytest.fixture(scope="module")

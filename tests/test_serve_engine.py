@@ -129,11 +129,12 @@ def test_a_full_queue_answers_503_instead_of_growing(engine: Engine) -> None:
 
 
 def test_adapter_loading_refuses_bad_names_duplicates_and_foreign_folders(engine: Engine, tiny_model_dir: Path,
+                                                                        adapter_dirs: dict[str, Path],
                                                                         tmp_path: Path) -> None:
     with pytest.raises(ApiError, match=r"adapter name 'bad name': use letters, digits"):
         engine.add_adapter("bad name", tmp_path)
     with pytest.raises(ApiError, match=r"model 'tiny' is already served") as e:
-        engine.add_adapter("tiny", tmp_path)
+        engine.add_adapter("tiny", adapter_dirs["b"])
     assert e.value.status == 409
     with pytest.raises(ModelError, match=r"not an adapter folder or a LoRA run folder"):
         engine.add_adapter("x", tmp_path)

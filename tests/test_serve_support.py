@@ -18,6 +18,7 @@ def make_adapter(base_dir: Path, out_dir: Path, *, seed: int, scale: float = 0.5
     from tunesmith.model.loading import load_model
 
     config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    torch.manual_seed(seed)  # lora_A's random init too: the same seed gives the same adapter in any test order
     model = get_peft_model(load_model(str(base_dir)), config)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():

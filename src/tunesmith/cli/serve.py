@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -171,7 +172,9 @@ def _load(target: str, adapter: Path | None, device: str) -> tuple[PreTrainedMod
 
     quiet_libraries()
     dev = pick_device(device)
-    return load_for_inference(resolve_target(target, adapter), device=dev, dtype=inference_dtype(dev))
+    with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return load_for_inference(resolve_target(target, adapter), device=dev, dtype=inference_dtype(dev))
 
 
 def _params(max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: list[str]) -> SamplingParams:

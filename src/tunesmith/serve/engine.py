@@ -1,8 +1,9 @@
 """One base model in memory, LoRA adapters on top of it, and one worker thread that owns them.
 
-Requests wait in a bounded FIFO queue. The worker takes the oldest request plus every queued request for
-the same model (up to `max_batch`) and decodes them together; other models wait their turn. Only the
-worker runs forward passes (torch already uses every core for one), and adapter loads take the same lock.
+Requests wait in a bounded FIFO queue. The worker takes the oldest request plus the queued requests for
+the same model (up to `max_batch`, within a padded-token budget) and decodes them together; other models
+wait their turn. Only the worker runs forward passes (torch already spreads one over the cores), and
+adapter loads take the same lock, so nothing changes the model under a running batch.
 
 Adapters are PEFT adapters loaded into one `PeftModel` under their serving names; the base model is served
 with the adapters switched off, so there is one copy of the base weights whatever the adapter count.
@@ -60,12 +61,6 @@ class Job:
         self.row.cancelled = True
 
 
-@dataclass(frozen=True)
-class _Adapter:
-    path: Path
-    base_fingerprint: str | None  # of the base it was trained on, when its run folder says
-
-
 def adapter_folder(path: str | Path) -> tuple[Path, str | None]:
     """The PEFT folder behind `path` (an adapter folder or a LoRA run folder) and, for a run, the
     fingerprint of the base model it was trained on."""
@@ -100,7 +95,7 @@ class Engine:
         self.eos_ids = stop_token_ids(self.model, self.tokenizer)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
-        self.adapters: dict[str, _Adapter] = {}
+        self.adapters: dict[str, Path] = {}  # serving name -> PEFT folder
         self._base_fingerprint: str | None = None
         self._queue: list[Job] = []
         self._running = 0
@@ -122,14 +117,14 @@ class Engine:
         if not ADAPTER_NAME.match(name):
             raise ApiError(400, f"adapter name '{name}': use letters, digits and . _ : - (at most 64)",
                            param="name")
-        if name == self.base_id or name in self.adapters:
-            raise ApiError(409, f"model '{name}' is already served; pick another name or delete it first",
-                           param="name", code="model_exists")
         folder, expected = adapter_folder(path)
         self._check_base(folder, expected)
         with self._model_lock:
+            if name == self.base_id or name in self.adapters:
+                raise ApiError(409, f"model '{name}' is already served; pick another name or delete it first",
+                               param="name", code="model_exists")
             self._load(name, folder)
-            self.adapters[name] = _Adapter(folder, expected)
+            self.adapters[name] = folder
         log.info("adapter %s loaded from %s", name, folder)
 
     def remove_adapter(self, name: str) -> None:
@@ -242,28 +237,36 @@ class Engine:
     def _next_batch(self) -> list[Job] | None:
         """The oldest live request and the queued ones for the same model (FIFO across models).
 
-        When fewer than `max_batch` are waiting, wait `batch_window_s` once so that requests sent at the
-        same moment share a batch instead of queueing behind the first one's whole reply.
+        While fewer than `max_batch` wait and more keep arriving, hold on `batch_window_s` after the latest
+        arrival (at most 5 windows in all): requests sent together then share one batch instead of
+        queueing behind the first one's whole reply.
         """
-        deadline = None
+        started, seen, deadline = 0.0, 0, 0.0
         with self._cond:
             while not self._closing:
                 self._queue = [j for j in self._queue if not j.row.cancelled]
                 if not self._queue:
                     self._cond.wait()
                     continue
+                now = time.monotonic()
                 if len(self._queue) < self.limits.max_batch:
-                    deadline = deadline or time.monotonic() + self.limits.batch_window_s
-                    if (left := deadline - time.monotonic()) > 0:
-                        self._cond.wait(left)
+                    started = started or now
+                    if len(self._queue) > seen:
+                        seen = len(self._queue)
+                        window = self.limits.batch_window_s
+                        deadline = min(now + window, started + 5 * window)
+                    if deadline > now:
+                        self._cond.wait(deadline - now)
                         continue
-                batch = self._pick(self._queue)
-                self._queue = [j for j in self._queue if j not in batch]
-                self._running = len(batch)
-                self._batches += 1
-                self._largest_batch = max(self._largest_batch, len(batch))
-                return batch
+                return self._take(self._pick(self._queue))
             return None
+
+    def _take(self, batch: list[Job]) -> list[Job]:
+        self._queue = [j for j in self._queue if j not in batch]
+        self._running = len(batch)
+        self._batches += 1
+        self._largest_batch = max(self._largest_batch, len(batch))
+        return batch
 
     def _pick(self, queue: list[Job]) -> list[Job]:
         """The head request plus same-model ones, while rows x longest prompt stays within the token budget."""
