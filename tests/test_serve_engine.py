@@ -183,6 +183,28 @@ def test_removing_adapters_keeps_the_base_and_fails_queued_requests_with_404(eng
     assert out == reference_reply(tiny_model_dir, adapter_dirs["b"], ids(engine, "hello"), 6)
 
 
+def test_a_crash_inside_generation_fails_that_batch_with_500_and_the_worker_carries_on(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def boom(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("simulated device failure")
+
+    monkeypatch.setattr(engine.model, "forward", boom)
+    _, end = _generate(engine, "tiny", "hello")
+    assert isinstance(end, ApiError) and end.status == 500
+    assert end.message == "generation failed inside the server; see its log"
+    monkeypatch.undo()
+    _, end = _generate(engine, "tiny", "hello")
+    assert isinstance(end, Step) and end.finish_reason == "length"
+
+
+def test_a_cancelled_queued_request_is_never_run(engine: Engine) -> None:
+    with engine._cond:
+        job = engine.submit("tiny", [5, 6], SamplingParams(max_tokens=2), Collector())
+        job.cancel()
+    _generate(engine, "tiny", "hello")  # runs after the worker has looked at the queue
+    assert engine.stats()["batches"] == 1
+
+
 def test_close_tells_queued_requests_the_server_is_stopping(tiny_model_dir: Path) -> None:
     eng = Engine(resolve(str(tiny_model_dir)), device="cpu")
     waiting = Collector()

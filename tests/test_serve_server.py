@@ -137,6 +137,25 @@ def test_stop_strings_cut_the_reply(client) -> None:
     assert (r.choices[0].message.content, r.choices[0].finish_reason) == (full[: full.find(stop)], "stop")
 
 
+def test_an_omitted_max_tokens_means_the_server_limit(client) -> None:
+    r = client.chat.completions.create(model="support", messages=HELLO, temperature=0)
+    assert r.usage.completion_tokens <= 64
+    assert r.choices[0].finish_reason == "stop" or r.usage.completion_tokens == 64
+
+
+def test_a_client_that_leaves_mid_stream_frees_its_place(server, client) -> None:
+    body = {"model": "tiny", "messages": HELLO, "max_tokens": 64, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=30,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        first = next(r.iter_lines())
+    assert first.startswith("data: ")
+    deadline = time.monotonic() + 10
+    while server.engine.stats()["running"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.engine.stats()["running"] == 0
+    assert client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=2).choices[0].finish_reason
+
+
 def test_health_needs_no_key(server) -> None:
     r = httpx.get(server.url + "/health")
     assert r.status_code == 200
