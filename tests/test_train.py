@@ -119,6 +119,8 @@ def test_lora_run_folder_describes_itself(lora_run, tiny_model_dir):
     assert manifest["base_model"]["fingerprint"].startswith("sha256:")
     assert manifest["data"]["train"]["sha256"].startswith("sha256:")
     assert manifest["result"]["steps"] == 6
+    assert manifest["plan"]["peak_memory_bytes"] > 0  # the planner's estimate, next to the measurement
+    assert manifest["estimate_vs_measured"]["peak_memory_ratio"] > 0
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]
     assert [r["step"] for r in lines if "eval_loss" in r] == [3, 6]

@@ -110,6 +110,22 @@ def _manifest(config: TrainConfig, ref: Any, data: RunData, tokenizer: Any) -> d
     }
 
 
+def _plan(config: TrainConfig, data: RunData, device: str) -> dict[str, Any]:
+    """The planner's estimate for this very run, kept next to what is measured (see `_finish`)."""
+    from tunesmith.plan import DataStats, estimate
+
+    try:
+        plan = estimate(config.model, config.method, batch_size=config.batch_size, max_length=config.max_length,
+                        lora_r=config.lora.r, target_modules=config.lora.target_modules, device=device,
+                        data=DataStats.from_encoded(data.train), epochs=config.epochs,
+                        lora_dropout=config.lora.dropout)
+    except Exception as e:  # an estimate must never stop a run (e.g. an architecture the planner can't read)
+        log.warning("no resource estimate for this run: %s", e)
+        return {"error": str(e)}
+    return {"peak_memory_bytes": plan.peak_memory_bytes, "seconds_per_epoch": plan.seconds_per_epoch,
+            "tokens_per_second": plan.tokens_per_second, "speed_source": plan.speed_source}
+
+
 def _build_model(config: TrainConfig, ref: Any, device: str) -> torch.nn.Module:
     model = load_model(ref, device=device, allow_pickle=config.allow_pickle,
                        trust_remote_code=config.trust_remote_code)
@@ -148,6 +164,7 @@ def _train(config, run, device, d: Dist, hooks, guard_factory, replay, on_start,
     total = config.max_steps or max(1, round(config.epochs * spe))
     manifest = _manifest(config, ref, data, tokenizer)
     manifest["schedule"] = {"steps_per_epoch": spe, "total_steps": total}
+    manifest["plan"] = _plan(config, data, device)
     if d.main:
         if resume:
             _check_same_run(run, manifest)
@@ -220,10 +237,23 @@ def _finish(run, config, model, tokenizer, state, device, d: Dist) -> RunResult:
         }
         if device.startswith("cuda"):
             manifest["result"]["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
+        manifest["estimate_vs_measured"] = _compare(manifest, state)
         _write_json(run / "manifest.json", manifest)
     else:
         size = 0
     return RunResult(run, out, size, state, replace(config), exported)
+
+
+def _compare(manifest: dict[str, Any], state: checkpoint.TrainState) -> dict[str, Any]:
+    """Planner estimate / measured, for peak memory and training speed."""
+    plan, result = manifest.get("plan") or {}, manifest["result"]
+    measured_mem = result.get("peak_cuda_bytes") or result["peak_rss_bytes"]
+    out: dict[str, Any] = {}
+    if plan.get("peak_memory_bytes"):
+        out["peak_memory_ratio"] = round(plan["peak_memory_bytes"] / measured_mem, 3)
+    if plan.get("tokens_per_second") and state.elapsed:
+        out["tokens_per_second_ratio"] = round(plan["tokens_per_second"] / result["tokens_per_s"], 3)
+    return out
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
