@@ -138,3 +138,14 @@ def test_user_mistakes_exit_2_with_one_line(monkeypatch, capsys, lora_run, tmp_p
     code, out, err = run(monkeypatch, capsys, "eval", *[a.format(**fill) for a in args])
     assert code == 2 and out == ""
     assert err.startswith(message.format(**fill)) and len(err.strip().splitlines()) == 1
+
+
+def test_target_loss_uses_the_runs_max_length(lora_run, tiny_model_dir, tmp_path):
+    from tunesmith.evaluate.runner import EvalOptions, max_length
+
+    run = tmp_path / "run"
+    shutil.copytree(lora_run, run)
+    (run / "config.yaml").write_text("method: lora\nmax_length: 48\n")
+    assert max_length(EvalOptions(target=str(run))) == 48
+    assert max_length(EvalOptions(target=str(run), max_length=32)) == 32
+    assert max_length(EvalOptions(target=str(tiny_model_dir))) == 1024

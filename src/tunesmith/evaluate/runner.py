@@ -41,7 +41,7 @@ class EvalOptions:
     thresholds: Thresholds = field(default_factory=Thresholds)
     limit: int = 64  # target-task examples scored (the first ones of the file)
     max_new_tokens: int = 256  # longest generated reply on the target task
-    max_length: int = 1024  # tokens per target example for the loss (longer ones are truncated)
+    max_length: int | None = None  # tokens per target example for the loss (default: the run's, else 1024)
     device: str = "auto"
     seed: int = 0
 
@@ -75,6 +75,18 @@ def default_data(opts: EvalOptions) -> str | None:
     if opts.data is None and run is not None and (run / "data" / "eval.jsonl").is_file():
         return str(run / "data" / "eval.jsonl")
     return opts.data
+
+
+def max_length(opts: EvalOptions) -> int:
+    """--max-length, else the run's training setting (so eval loss matches training's), else 1024."""
+    import yaml
+
+    run = run_dir_of(opts)
+    if opts.max_length is None and run is not None and (run / "config.yaml").is_file():
+        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+        if isinstance(config.get("max_length"), int):
+            return int(config["max_length"])
+    return opts.max_length or 1024
 
 
 def gather_tasks(opts: EvalOptions) -> list[Task]:
@@ -131,7 +143,7 @@ def score(
         target = None
         if examples:
             progress(f"{contender.label}: target task ({len(examples)} examples)")
-            target = score_target(model, contender.tokenizer, examples, opts.max_length, opts.max_new_tokens)
+            target = score_target(model, contender.tokenizer, examples, max_length(opts), opts.max_new_tokens)
     return suite_scores, target
 
 
