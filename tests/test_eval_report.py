@@ -52,6 +52,11 @@ def run_dir(tmp_path: Path) -> Path:
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "not json\n")
     (run / "manifest.json").write_text(json.dumps({"method": "lora", "data": {"train_examples": 90}}))
     (run / "config.yaml").write_text("method: lora\nlr: 0.0002\n")
+    (run / "data").mkdir()
+    chat = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Sure."}]}
+            for q in ("Reset my password?", "Reset my password?", "Where is my order?")]
+    (run / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chat))
+    (run / "data" / "eval.jsonl").write_text(json.dumps(chat[2]) + "\n")
     return run
 
 
@@ -74,7 +79,8 @@ def test_report_files_are_written_and_agree(tmp_path, run_dir):
     paths = write(_report(), tmp_path / "out", run_dir)
     saved = json.loads(paths["json"].read_text())
     assert saved["verdict"] == "fail" and saved["figures"] == ["curves.png", "suite.png", "target.png"]
-    assert saved["run"] == {"data": {"train_examples": 90}, "config": "method: lora\nlr: 0.0002\n"}
+    assert saved["run"]["data"] == {"train_examples": 90} and saved["run"]["config"] == "method: lora\nlr: 0.0002\n"
+    assert saved["run"]["quality"]["level"] == "problems" and saved["run"]["quality"]["examples"] == 3
     for name in saved["figures"]:
         assert (tmp_path / "out" / name).read_bytes().startswith(PNG)
     md = paths["md"].read_text()
@@ -82,6 +88,8 @@ def test_report_files_are_written_and_agree(tmp_path, run_dir):
     assert "| capitals | accuracy | 20 | 100.0 % | 40.0 % | -60.0 pts [" in md
     assert "| prose | perplexity | 4 | 7.39 | 9.03 | +22.1 % [+22.1, +22.1] | warn |" in md
     assert "capitals: fail: worse by 60.0 points, past the fail threshold 10.0 points." in md
+    assert "## Training data quality" in md and "warnings: 1 group of exact duplicates" in md
+    assert "problems: 1 of 1 eval examples ask a prompt the training set contains" in md
     assert "### Largest wins" in md and "### Largest regressions" in md and "lr: 0.0002" in md
 
 

@@ -123,6 +123,11 @@ def _run_blocks(run: dict[str, Any]) -> list[Block]:
     if isinstance(data, dict) and data:
         rows = [[str(k), _clip(json.dumps(v) if not isinstance(v, str) else v, 200)] for k, v in data.items()]
         out += [("h2", "Training data"), ("table", ["field", "value"], rows)]
+    quality = run.get("quality")
+    if quality:
+        out += [("h2", "Training data quality"),
+                ("p", f"{quality['level']} ({quality['examples']} examples; as `tunesmith data check` reports it)")]
+        out += [("p", f"{kind}: {text}") for kind in ("problems", "warnings") for text in quality[kind]]
     if run.get("config"):
         out += [("h2", "Configuration"), ("pre", run["config"])]
     return out
@@ -189,7 +194,25 @@ def run_info(run_dir: Path | None) -> dict[str, Any]:
     config = run_dir / "config.yaml"
     if config.is_file():
         info["config"] = config.read_text(encoding="utf-8")
+    info["quality"] = data_quality(run_dir / "data" / "train.jsonl", run_dir / "data" / "eval.jsonl")
     return info
+
+
+def data_quality(train: Path, eval_file: Path) -> dict[str, Any] | None:
+    """`tunesmith data check`'s verdict on the training data the run stored (leakage into eval included)."""
+    from tunesmith.data.formats import load_dataset
+    from tunesmith.data.quality import build_report
+    from tunesmith.errors import DataError
+
+    if not train.is_file():
+        return None
+    try:
+        report = build_report(load_dataset(train), None,
+                              eval_data=load_dataset(eval_file) if eval_file.is_file() else None)
+    except DataError as e:
+        return {"level": "problems", "problems": [f"unreadable: {e.problems[0]}"], "warnings": [], "examples": 0}
+    v = report.verdict
+    return {"level": v.level, "problems": v.problems, "warnings": v.warnings, "examples": report.count}
 
 
 def write(report: dict[str, Any], out: Path, run_dir: Path | None = None) -> dict[str, Path]:
