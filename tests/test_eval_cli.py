@@ -149,3 +149,13 @@ def test_target_loss_uses_the_runs_max_length(lora_run, tiny_model_dir, tmp_path
     assert max_length(EvalOptions(target=str(run))) == 48
     assert max_length(EvalOptions(target=str(run), max_length=32)) == 32
     assert max_length(EvalOptions(target=str(tiny_model_dir))) == 1024
+
+
+def test_base_option_compares_any_two_models(monkeypatch, capsys, tiny_model_dir, full_run, tmp_path):
+    code, out, _ = run(monkeypatch, capsys, "eval", str(full_run / "model"), "--base", str(tiny_model_dir),
+                       "--suite", "prose", "--out", str(tmp_path), "--json")
+    report = json.loads(out)
+    assert code == 1 and report["base"]["source"] == str(tiny_model_dir) and report["verdict"] == "fail"
+    code, out, _ = run(monkeypatch, capsys, "eval", str(tiny_model_dir), "--base", str(tiny_model_dir),
+                       "--suite", "prose", "--out", str(tmp_path), "--json")
+    assert code == 0 and json.loads(out)["suite"][0]["delta"] == 0
