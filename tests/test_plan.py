@@ -111,8 +111,9 @@ def test_memory_parts_for_full_fine_tuning_of_7b_in_fp32() -> None:
     p = 6_738_415_616
     assert (parts["weights"], parts["gradients"], parts["optimizer"]) == (4 * p, 4 * p, 8 * p)
     assert parts["lora_weights"] == parts["lora_activations"] == 0
-    # per token and layer: (6h + 2q + 2kv + 4i) x 4 bytes + log-sum-exp of 32 heads + two rsqrt
-    per_token_layer = (6 * 4096 + 4 * 4096 + 4 * 11008) * 4 + 32 * 4 + 8
+    # per token and layer: (6h + 2q + 2kv + 3i) x 4 bytes + log-sum-exp of 32 heads + two rsqrt; the fused
+    # SwiGLU keeps gate and up, down_proj its input
+    per_token_layer = (6 * 4096 + 4 * 4096 + 3 * 11008) * 4 + 32 * 4 + 8
     assert parts["activations"] == 512 * 32 * per_token_layer
     assert parts["framework"] == CPU_PROCESS_BYTES
 
@@ -253,3 +254,33 @@ def test_estimate_rejects_bad_settings(kwargs: dict, message: str) -> None:
     method = args.pop("method")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         estimate(SMOLLM2, method, **args)
+
+
+def test_head_chunk_matches_the_trainer() -> None:
+    from tunesmith.plan import HEAD_CHUNK
+    from tunesmith.train import loss
+
+    assert loss.HEAD_CHUNK == HEAD_CHUNK
+
+
+def test_allocator_overhead_on_cpu_only() -> None:
+    """mimalloc costs a fifth more on every activation; glibc 85 % more, on tensors under 32 MiB only."""
+    from tunesmith.plan import HEAP_FACTOR, MIMALLOC_FACTOR
+
+    arch, _ = load_arch(SMOLLM2)
+    small = Setup("lora", 2, 128, 64, "fp32", "cpu", targets=tuple(arch.linears()))
+    for allocator, factor in (("mimalloc", MIMALLOC_FACTOR), ("system", HEAP_FACTOR)):
+        parts = memory(arch, dataclasses.replace(small, allocator=allocator))
+        act = parts["activations"] + parts["lora_activations"]
+        assert parts["allocator"] == pytest.approx(act * (factor - 1), rel=1e-6)
+    # 8 x 4096 tokens: a (tokens x 1536) fp32 tensor is 192 MiB, served by mmap and returned whole
+    big = memory(arch, dataclasses.replace(small, batch_size=8, seq_len=4096))
+    assert big["allocator"] < (big["activations"] + big["lora_activations"]) * (HEAP_FACTOR - 1) / 10
+    assert memory(arch, dataclasses.replace(small, device="cuda", precision="mixed"))["allocator"] == 0
+
+
+def test_training_allocator_follows_the_opt_out(monkeypatch) -> None:
+    from tunesmith.plan import training_allocator
+
+    monkeypatch.setenv("TUNESMITH_MALLOC", "system")
+    assert training_allocator() == "system"  # pytest itself does not run under mimalloc

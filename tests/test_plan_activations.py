@@ -3,12 +3,13 @@
 Per decoder layer and token: the saved tensors of a 4-layer model minus those of a 3-layer one (so the
 embedding, final norm and head cancel), divided by the tokens. Distinct widths (h 96, q 128, kv 64, i 160,
 r 8) make a wrong term show. Parameters are not activations; under autocast the bf16 weight copies are
-(`autocast_copies`).
+(`autocast_copies`). The model is prepared as the trainer prepares it (fused SiLU-gated MLP).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import pytest
 
@@ -20,10 +21,13 @@ ARCH = Arch("llama", hidden=H, intermediate=MLP, layers=4, heads=HEADS, kv_heads
 B, T = 2, 7
 
 
-def _saved_bytes(layers: int, method: str, precision: Precision, targets: list[str], dropout: float) -> int:
+def _saved_bytes(layers: int, method: str, precision: Precision, targets: list[str], dropout: float,
+                 fused: bool = True) -> int:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tunesmith.train.kernels import fuse_gated_mlps
 
     config = LlamaConfig(vocab_size=1000, hidden_size=H, intermediate_size=MLP, num_hidden_layers=layers,
                          num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, head_dim=HEAD_DIM,
@@ -32,6 +36,8 @@ def _saved_bytes(layers: int, method: str, precision: Precision, targets: list[s
     model = LlamaForCausalLM(config).to(torch.bfloat16 if precision == "half" else torch.float32)
     if method == "lora":
         model = get_peft_model(model, LoraConfig(r=R, lora_dropout=dropout, target_modules=targets))
+    if fused:
+        fuse_gated_mlps(model)  # as the trainer does
     model.train()
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, int] = {}
@@ -78,3 +84,16 @@ def test_layer_terms_equal_autograd_saved_tensors(method: str, precision: Precis
     if precision == "mixed":  # the layer's bf16 weight copies, adapters included
         expected += 2 * (ARCH.layer_matmul_params + lora_params(ARCH, R, targets) // ARCH.layers)
     assert measured == expected
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_unfused_mlp_keeps_silu_output_too(method: str) -> None:
+    """Families whose MLP the trainer does not fuse (e.g. GELU in Gemma) save SiLU(gate) as well."""
+    targets = ALL if method == "lora" else []
+    measured = (_saved_bytes(4, method, "fp32", targets, 0.0, fused=False)
+                - _saved_bytes(3, method, "fp32", targets, 0.0, fused=False))
+    unfused = dataclasses.replace(ARCH, fused_mlp=False)
+    terms = layer_terms(unfused, method, "fp32", targets=targets, r=R)  # type: ignore[arg-type]
+    assert measured == B * T * sum(t.bytes for t in terms)
+    fused = layer_terms(ARCH, method, "fp32", targets=targets, r=R)  # type: ignore[arg-type]
+    assert sum(t.bytes for t in terms) - sum(t.bytes for t in fused) == 4 * MLP

@@ -11,16 +11,18 @@ kv = kv_heads x head_dim, V vocabulary, N supervised targets in the batch, r LoR
   LoRA trains r x (in + out) per adapted linear layer; PEFT keeps adapters in fp32.
 - activations: exactly what autograd saves for backward, per token and decoder layer (`layer_terms`,
   checked against autograd's saved tensors in tests). Full fp32, for instance: 2 RMSNorms x 3 tensors of h
-  (input, normalised, scaled), rotated q and attention output (2q), rotated k and v (2kv), gate, SiLU(gate),
-  up and their product (4i), all fp32: (6h + 2q + 2kv + 4i) x 4. A frozen base saves less (no weight
-  gradients: the norms keep only their input, the MLP 3i) but each adapter saves its (dropped-out) input.
+  (input, normalised, scaled), rotated q and attention output (2q), rotated k and v (2kv), gate, up (the
+  trainer's fused SwiGLU recomputes SiLU) and down_proj's input (3i), all fp32: (6h + 2q + 2kv + 3i) x 4.
+  A frozen base saves less (no weight gradients: the norms keep their input, the MLP gate and up) but each
+  adapter saves its input: with dropout, the mask and the dropped-out copy.
   With gradient checkpointing only each layer's input (h) stays, plus one layer recomputed at a time.
 - LM head: the trainer projects only the N supervised positions, 256 rows at a time, and keeps only the
   gradient for the hidden states (N x h); a chunk's fp32 logits and softmax gradient are 8 x 256 x V bytes.
 - autocast copies: under bf16 autocast each matmul keeps a bf16 copy of its weight for backward: 2P
   (LoRA adapters included).
-- CPU allocator: glibc serves requests under 32 MiB from heaps that fragment. Measured with the trainer on
-  the built-in model (batch 2-8, length 64-256), activations in such tensors cost 1.8x their size in peak RSS.
+- CPU allocator: `tunesmith train` runs under mimalloc when installed; its pages and segments cost 1.2x the
+  activations in peak RSS. glibc serves requests under 32 MiB from heaps that fragment: 1.85x. Both
+  measured with the trainer on the built-in model (batch 2-8, length 64-256).
 - framework: the Python process with torch and transformers (CPU RSS); on CUDA the context, which
   `max_memory_allocated` does not see but which must fit.
 
@@ -51,12 +53,14 @@ if TYPE_CHECKING:
 
 Method = Literal["lora", "full"]
 Precision = Literal["fp32", "mixed", "half"]
+Allocator = Literal["mimalloc", "system"]
 
 GIB = 1024**3
 CPU_PROCESS_BYTES = 480 * 1024**2  # RSS of python + torch + transformers + peft + tokenizer, measured
 CUDA_CONTEXT_BYTES = 600 * 1024**2  # CUDA context and kernels: outside max_memory_allocated
 HEAP_LIMIT = 32 * 1024**2  # glibc's largest mmap threshold: smaller tensors live in fragmenting heaps
-HEAP_FACTOR = 1.8  # peak RSS per byte of activations in heap-sized tensors (measured, see module doc)
+HEAP_FACTOR = 1.85  # glibc: peak RSS per byte of activations in heap-sized tensors (measured)
+MIMALLOC_FACTOR = 1.2  # mimalloc (what `tunesmith train` runs under): peak RSS per byte of activations
 HEAD_CHUNK = 256  # rows of logits the trainer's loss materialises at once (tunesmith.train.loss)
 HEADROOM = 0.9  # plan to use at most this share of the memory available
 EFFICIENCY = {"cpu": 0.5, "cuda": 0.4}  # share of the matmul rate a training step reaches
@@ -84,6 +88,7 @@ class Arch:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
+    fused_mlp: bool = True  # SiLU-gated MLP: the trainer's fused silu(gate) * up keeps gate and up only
 
     @classmethod
     def from_config(cls, config: PretrainedConfig) -> Arch:
@@ -102,6 +107,7 @@ class Arch:
             vocab=config.vocab_size, tied=bool(getattr(config, "tie_word_embeddings", False)),
             qkv_bias=bias or kind == "qwen2", o_bias=bias, mlp_bias=bool(getattr(config, "mlp_bias", False)),
             qk_norm=kind == "qwen3",
+            fused_mlp=(getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None)) == "silu",
         )
 
     @property
@@ -211,11 +217,11 @@ def layer_terms(
     terms = [Term(q, a), Term(q, a), Term(kv, a), Term(kv, a), Term(arch.heads, 4), Term(2, 4)]
     if method == "full":
         norm = {"fp32": [4, 4, 4], "half": [4, 2, 2], "mixed": [4, 4]}[precision]
-        terms += [Term(h, s) for s in norm * 2] + [Term(i, a)] * 4
+        terms += [Term(h, s) for s in norm * 2] + [Term(i, a)] * (3 if arch.fused_mlp else 4)  # + down's input
         if precision == "mixed":
             terms += [Term(h, 2)] * 5  # q, k, v, gate, up each cast their fp32 input to bf16
         return terms
-    terms += [Term(h, 4), Term(h, 4)] + [Term(i, a)] * 3  # norm inputs (fp32); gate, SiLU(gate), up
+    terms += [Term(h, 4), Term(h, 4)] + [Term(i, a)] * (2 if arch.fused_mlp else 3)  # norm inputs; gate, up
     return terms + _lora_terms(arch, precision, targets, r, dropout, mask_size)
 
 
@@ -250,6 +256,7 @@ class Setup:
     r: int = 16
     targets: tuple[str, ...] = ()
     dropout: float = 0.05
+    allocator: Allocator = "system"  # CPU malloc of the training process
     grad_accum: int = 1  # micro-batches per step: above 1, gradients live through the next forward pass
 
 
@@ -267,7 +274,9 @@ def memory(arch: Arch, s: Setup) -> dict[str, int]:
     for t in terms:
         size = tokens * arch.layers * t.bytes
         parts[t.part] += size
-        if s.device == "cpu" and tokens * t.bytes < HEAP_LIMIT:
+        if s.device == "cpu" and s.allocator == "mimalloc":
+            parts["allocator"] += round(size * (MIMALLOC_FACTOR - 1))
+        elif s.device == "cpu" and tokens * t.bytes < HEAP_LIMIT:
             parts["allocator"] += round(size * (HEAP_FACTOR - 1))
     # The trainer's loss works through the N supervised rows HEAD_CHUNK at a time, keeping dL/dh (N, h):
     # at most a chunk of fp32 logits and their softmax gradient (+ bf16 logits under autocast) coexist.
@@ -378,6 +387,7 @@ def calibrate(model: Any, arch: Arch, s: Setup, *, steps: int = 2, max_tokens: i
     from tunesmith.config import LoraSettings
     from tunesmith.model.loading import load_model
     from tunesmith.model.lora import add_lora
+    from tunesmith.train.kernels import fuse_gated_mlps
     from tunesmith.train.loop import autocast
     from tunesmith.train.loss import CompletionLoss
     from tunesmith.train.optim import make_optimizer
@@ -388,6 +398,7 @@ def calibrate(model: Any, arch: Arch, s: Setup, *, steps: int = 2, max_tokens: i
     net.config.use_cache = False
     if s.method == "lora":
         net = add_lora(net, LoraSettings(r=s.r, target_modules=list(s.targets), dropout=s.dropout))
+    fuse_gated_mlps(net)
     loss_fn, optimizer = CompletionLoss(net), make_optimizer(net, 1e-5, 0.0, s.device)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, net.config.vocab_size, (batch, seq), generator=gen).to(s.device)
@@ -489,6 +500,7 @@ class Plan:
     method: Method
     device: str
     precision: Precision
+    allocator: Allocator
     batch_size: int
     max_length: int
     seq_len: int  # padded tokens per row used for activations: max_length, or the longest example
@@ -521,8 +533,12 @@ def estimate(
     target_modules: str | Sequence[str] = "all-linear", device: str = "cpu", dtype: str | None = None,
     data_tokens: int | None = None, epochs: float = 1.0, gpu_memory_gb: float | None = None,
     data: DataStats | None = None, lora_dropout: float = 0.05, calibrate_speed: bool = False,
+    allocator: Allocator | None = None,
 ) -> Plan:
-    """Cost one run of `tunesmith train` from the model's config (and `data`'s token counts, if given)."""
+    """Cost one run of `tunesmith train` from the model's config (and `data`'s token counts, if given).
+
+    `allocator`: the CPU malloc of the training process; None means the one `tunesmith train` would use.
+    """
     _check(method, batch_size, max_length, lora_r, device, gpu_memory_gb)
     arch, ref = load_arch(model)
     device = "cuda" if device.startswith("cuda") else device
@@ -530,7 +546,8 @@ def estimate(
     targets = tuple(lora_targets(arch, target_modules)) if method == "lora" else ()
     seq = min(max_length, data.longest) if data and data.longest else max_length
     per_row = min(seq - 1, data.most_targets) if data else seq - 1
-    s = Setup(method, batch_size, seq, per_row, precision, device, lora_r, targets, lora_dropout)
+    s = Setup(method, batch_size, seq, per_row, precision, device, lora_r, targets, lora_dropout,
+              allocator or training_allocator())
     trainable = lora_params(arch, lora_r, targets) if method == "lora" else arch.parameters
     parts = memory(arch, s)
     budget = _budget(device, gpu_memory_gb)
@@ -541,7 +558,8 @@ def estimate(
         timing = dataclasses.replace(s, seq_len=mean, targets_per_row=mean * data.targets / max(data.tokens, 1))
     rate, source, notes = _speed(ref, arch, timing, calibrate_speed)
     return Plan(
-        model=model, method=method, device=device, precision=precision, batch_size=batch_size,
+        model=model, method=method, device=device, precision=precision, allocator=s.allocator,
+        batch_size=batch_size,
         max_length=max_length, seq_len=seq, lora_r=lora_r, target_modules=list(targets),
         parameters=arch.parameters, trainable_parameters=trainable, memory=parts,
         peak_memory_bytes=peak_bytes(arch, s, parts), required_memory_bytes=required_bytes(arch, s),
@@ -552,6 +570,13 @@ def estimate(
         seconds_per_epoch=tokens / rate if tokens is not None and rate else None,
         recommendation=recommend(arch, s, budget, max_length), notes=notes,
     )
+
+
+def training_allocator() -> Allocator:
+    """The malloc `tunesmith train` runs under: mimalloc when installed (and not opted out), else glibc's."""
+    from tunesmith.train.allocator import allocator_env, current_allocator
+
+    return "mimalloc" if current_allocator() == "mimalloc" or allocator_env() is not None else "system"
 
 
 def _check(method: str, batch: int, length: int, r: int, device: str, gpu_gb: float | None) -> None:

@@ -20,16 +20,16 @@ DEFAULT_MODEL = "smollm2-135m"
 FORMAT_HELP = "auto | prompt_completion | chat | alpaca."
 EXIT_DOES_NOT_FIT = 1  # `plan`: not even the smallest configuration fits the memory available
 PARTS = {  # memory parts, in the order of the table, with what each holds
-    "framework": "Python, torch, transformers (process RSS)",
+    "framework": "Python, torch, transformers",
     "weights": "base model",
-    "lora_weights": "LoRA adapters (fp32)",
+    "lora_weights": "adapters (fp32)",
     "gradients": "one per trainable parameter",
-    "optimizer": "AdamW: two fp32 moments per trainable parameter",
+    "optimizer": "AdamW: 2 x fp32 per trainable",
     "activations": "saved for backward",
-    "lora_activations": "saved by the adapters (dropout masks, inputs)",
-    "lm_head": "logits of supervised positions, in chunks",
-    "autocast_copies": "bf16 weight copies under autocast",
-    "allocator": "glibc heap fragmentation (measured)",
+    "lora_activations": "saved by the adapters",
+    "lm_head": "logits, 256 rows at a time",
+    "autocast_copies": "bf16 copies of the weights",
+    "allocator": "glibc heap fragmentation",
 }
 
 
