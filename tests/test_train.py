@@ -123,7 +123,7 @@ def test_lora_run_folder_describes_itself(lora_run, tiny_model_dir):
     assert manifest["estimate_vs_measured"]["peak_memory_ratio"] > 0
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "loss" in r] == [1, 2, 3, 4, 5, 6]
-    assert [r["step"] for r in lines if "eval_loss" in r] == [3, 6]
+    assert [r["step"] for r in lines if "eval_loss" in r] == [0, 3, 6]  # step 0: the base model
     # The adapter is small next to the model.
     model_bytes = (Path(tiny_model_dir) / "model.safetensors").stat().st_size
     assert lora_run.output_bytes < model_bytes
@@ -198,10 +198,10 @@ def test_non_finite_loss_stops_naming_the_step(tiny_model_dir, qa_file, tmp_path
     real = CompletionLoss.forward
     calls = {"n": 0}
 
-    def poisoned(self, *args):  # the third micro-batch overflows
-        calls["n"] += 1
+    def poisoned(self, *args):  # the third training micro-batch overflows
+        calls["n"] += self.model.training
         loss, n = real(self, *args)
-        return (loss * float("nan") if calls["n"] == 3 else loss), n
+        return (loss * float("nan") if calls["n"] == 3 and self.model.training else loss), n
 
     monkeypatch.setattr(CompletionLoss, "forward", poisoned)
     cfg = _config(qa_file, tiny_model_dir, tmp_path / "nan", max_steps=5, eval_every=50, save_every=1)

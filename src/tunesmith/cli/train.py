@@ -125,8 +125,10 @@ def _run_training(config: Any, *, resume: bool, force: bool) -> None:
         extra = "".join(f"  {k.removeprefix('guard/')} {v:.3f}" for k, v in r.items()
                         if k.startswith("guard/") and isinstance(v, float))
         verdict = f"  guard {r['guard_verdict']}" if "guard_verdict" in r else ""
-        progress.console.print(f"step {r['step']}: eval loss {r['eval_loss']:.4f}{extra}{verdict}"
-                               + (f"  (stop: {r['early_stop']})" if "early_stop" in r else ""))
+        loss = f" eval loss {r['eval_loss']:.4f}" if "eval_loss" in r else ""
+        label = "base model" if r["step"] == 0 else f"step {r['step']}"
+        progress.console.print(f"{label}:{loss}{extra}{verdict}"
+                               + (f"  (stop: {r['early_stop']})" if "early_stop" in r else ""), highlight=False)
 
     try:
         result = fine_tune(config, resume=resume, force=force, hooks=Hooks(on_step, on_eval), on_start=on_start)

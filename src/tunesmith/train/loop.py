@@ -83,16 +83,16 @@ def autocast(device: str) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def eval_loss(loss_fn: CompletionLoss, data: Sequence[Encoded], spec: LoopSpec) -> float:
+def eval_loss(loss_fn: CompletionLoss, data: Sequence[Encoded], *, pad_id: int, batch_size: int, device: str) -> float:
     """Mean cross-entropy per supervised target over `data` (dropout off)."""
     model = loss_fn.model
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
     order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
-    for start in range(0, len(order), spec.batch_size):
-        batch = collate([data[i] for i in order[start : start + spec.batch_size]], spec.pad_id).to(spec.device)
-        with autocast(spec.device):
+    for start in range(0, len(order), batch_size):
+        batch = collate([data[i] for i in order[start : start + batch_size]], pad_id).to(device)
+        with autocast(device):
             loss_sum, count = loss_fn(batch.input_ids, batch.labels)
         total += float(loss_sum)
         n += int(count)
@@ -172,7 +172,7 @@ def _evaluate_and_save(
     last = state.step >= spec.total_steps
     improved, stop = False, False
     if spec.eval and (state.step % spec.eval_every == 0 or last):
-        loss = eval_loss(inner, spec.eval, spec)
+        loss = eval_loss(inner, spec.eval, pad_id=spec.pad_id, batch_size=spec.batch_size, device=spec.device)
         improved = state.best_eval_loss is None or loss < state.best_eval_loss
         if improved:
             state.best_eval_loss, state.best_step, state.evals_since_best = loss, state.step, 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -32,7 +33,7 @@ from tunesmith.train import checkpoint
 from tunesmith.train.allocator import current_allocator
 from tunesmith.train.distributed import Dist, device_for, setup, teardown
 from tunesmith.train.kernels import fuse_gated_mlps
-from tunesmith.train.loop import Guard, Hooks, LoopSpec, run_loop, steps_per_epoch
+from tunesmith.train.loop import Guard, Hooks, LoopSpec, eval_loss, run_loop, steps_per_epoch
 from tunesmith.train.loss import CompletionLoss
 from tunesmith.train.metrics import MetricsSink
 from tunesmith.train.optim import make_optimizer, make_scheduler
@@ -184,8 +185,7 @@ def _train(config, run, device, d: Dist, hooks, guard_factory, replay, on_start,
     probe = collate(data.train[: min(2, len(data.train))], tokenizer.pad_token_id).to(device)
     loss_fn.check_fast_path(probe.input_ids)
     guard = guard_factory(tokenizer) if guard_factory and d.main else None
-    if guard is not None:
-        guard.baseline(model)  # scored before any update: LoRA at init equals the base model
+    baseline = guard.baseline(model) if guard is not None else {}  # LoRA at init equals the base model
     optimizer = make_optimizer(model, config.lr, config.weight_decay, device)
     scheduler = make_scheduler(optimizer, total, config.warmup, config.schedule)
     sink = MetricsSink(run / "metrics.jsonl", enabled=d.main)
@@ -199,6 +199,9 @@ def _train(config, run, device, d: Dist, hooks, guard_factory, replay, on_start,
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         wrapped = DDP(loss_fn, device_ids=[d.local_rank] if device.startswith("cuda") else None)
+    if not resume and d.main and (data.eval or baseline):
+        _log_start(loss_fn, data, baseline, sink, hooks, pad_id=tokenizer.pad_token_id, batch_size=config.batch_size,
+                   device=device)
     spec = LoopSpec(
         train=data.train, eval=data.eval, pad_id=tokenizer.pad_token_id, batch_size=config.batch_size,
         grad_accum=config.grad_accum, total_steps=total, eval_every=config.eval_every,
@@ -208,6 +211,19 @@ def _train(config, run, device, d: Dist, hooks, guard_factory, replay, on_start,
     )
     state = run_loop(wrapped, optimizer, scheduler, spec, state, hooks)
     return _finish(run, config, model, tokenizer, state, device, d)
+
+
+def _log_start(loss_fn: CompletionLoss, data: RunData, baseline: dict[str, float], sink: MetricsSink,
+               hooks: Hooks | None, *, pad_id: int, batch_size: int, device: str) -> None:
+    """Step 0: the base model's eval loss and guard scores, the reference every later line compares to."""
+    record: dict[str, Any] = {"step": 0}
+    if data.eval:
+        loss = eval_loss(loss_fn, data.eval, pad_id=pad_id, batch_size=batch_size, device=device)
+        record.update(eval_loss=round(loss, 6), eval_ppl=round(math.exp(min(loss, 50.0)), 4))
+    record.update(baseline)
+    sink.write(record)
+    if hooks and hooks.on_eval:
+        hooks.on_eval(record)
 
 
 def _finish(run, config, model, tokenizer, state, device, d: Dist) -> RunResult:
