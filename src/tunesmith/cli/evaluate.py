@@ -75,29 +75,34 @@ def _run(opts: Any, quiet: bool) -> dict[str, Any]:
 
 
 def _suite_table(report: dict[str, Any]) -> Table:
+    from rich import box
     from rich.table import Table
 
     from tunesmith.evaluate.report import suite_table
 
     header, rows = suite_table(report["suite"])
-    table = Table(title="Broad suite", title_justify="left")
-    for h in header:
-        table.add_column(h, justify="right" if h in ("items", "base", "tuned", "value") else "left",
-                         no_wrap=h in ("task", "delta [CI]"))
+    keep = [i for i, h in enumerate(header) if h != "metric"]  # the task names say it; keeps 80 columns
+    table = Table(title="Broad suite", title_justify="left", box=box.SIMPLE_HEAD)
+    for i in keep:
+        table.add_column(header[i], justify="right" if header[i] in ("items", "base", "tuned", "value") else "left",
+                         no_wrap=True)
     for row in rows:
-        style = VERDICT_STYLE.get(row[-1])
-        table.add_row(*row[:-1], f"[{style}]{row[-1]}[/]" if style else row[-1])
+        cells = [row[i] for i in keep]
+        style = VERDICT_STYLE.get(cells[-1])
+        table.add_row(*cells[:-1], f"[{style}]{cells[-1]}[/]" if style else cells[-1])
     return table
 
 
 def _target_table(report: dict[str, Any]) -> Table:
+    from rich import box
     from rich.table import Table
 
     from tunesmith.evaluate.report import target_table
 
     target = report["target_task"]
     header, rows = target_table(target["metrics"])
-    table = Table(title=f"Target task: {target['examples']} examples from {report['data']}", title_justify="left")
+    table = Table(title=f"Target task: {target['examples']} examples from {report['data']}", title_justify="left",
+                  box=box.SIMPLE_HEAD)
     for h in header:
         table.add_column(h, justify="left" if h == "metric" else "right")
     for row in rows:
