@@ -195,8 +195,10 @@ def test_recommendation_shortens_rows_then_gives_up() -> None:
     rec = recommend(arch, s, int(required_bytes(arch, short) / 0.9) + 1, 1024)
     assert (rec.batch_size, rec.max_length, rec.fits) == (1, 256, True)
     assert "--max-length 256" in rec.reasons[-1]
-    hopeless = recommend(arch, s, 8 * GIB, 1024)
-    assert hopeless.fits is False and "use a machine with more memory" in hopeless.reasons[-1]
+    hopeless = recommend(arch, dataclasses.replace(s, method="full", targets=()), 8 * GIB, 1024)
+    assert (hopeless.method, hopeless.fits) == ("full", False)  # the request, marked as not fitting
+    assert hopeless.reasons[-1].startswith("does not fit: LoRA at batch 1 and length 64 still needs ")
+    assert hopeless.reasons[-1].endswith("; use a machine with more memory")
 
 
 def test_unknown_budget_says_how_to_give_one() -> None:

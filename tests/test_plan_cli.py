@@ -40,7 +40,7 @@ def test_plan_a_7b_model_from_its_config_alone(monkeypatch, capsys) -> None:
     plan = json.loads(out)
     assert (plan["parameters"], plan["trainable_parameters"]) == (6_738_415_616, 4_194_304)
     assert plan["output_bytes"] == 4 * 4_194_304 and plan["device"] == "cuda" and plan["precision"] == "mixed"
-    assert plan["recommendation"]["fits"] is True and plan["available_memory_bytes"] == 80_000_000_000
+    assert plan["recommendation"]["fits"] is True and plan["available_memory_bytes"] == 80 * 2**30
 
 
 def test_plan_table_with_data_and_calibration_on_the_tiny_model(monkeypatch, capsys, tmp_path, tiny_model_dir):

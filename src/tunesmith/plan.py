@@ -63,7 +63,7 @@ HEAP_FACTOR = 1.85  # glibc: peak RSS per byte of activations in heap-sized tens
 MIMALLOC_FACTOR = 1.2  # mimalloc (what `tunesmith train` runs under): peak RSS per byte of activations
 HEAD_CHUNK = 256  # rows of logits the trainer's loss materialises at once (tunesmith.train.loss)
 HEADROOM = 0.9  # plan to use at most this share of the memory available
-EFFICIENCY = {"cpu": 0.5, "cuda": 0.4}  # share of the matmul rate a training step reaches
+EFFICIENCY = {"cpu": 0.3, "cuda": 0.4}  # share of the matmul rate a training step reaches (CPU: measured)
 ASSUMED_CUDA_FLOPS = 150e12  # bf16 matmul rate assumed for a GPU that is not in this machine
 
 # Decoder families whose layers are: RMSNorm, attention (q/k/v/o, grouped KV heads), RMSNorm, gated MLP.
@@ -413,7 +413,7 @@ def calibrate(model: Any, arch: Arch, s: Setup, *, steps: int = 2, max_tokens: i
             loss, n = loss_fn(ids, labels)
         (loss / n).backward()
         optimizer.step()
-    float(loss)  # waits for the device
+    loss.item()  # waits for the device
     rate = batch * seq * steps / (time.perf_counter() - start)
     short = dataclasses.replace(s, seq_len=seq, targets_per_row=s.targets_per_row * seq / s.seq_len)
     return rate * flops_per_token(arch, short) / flops_per_token(arch, s)
@@ -463,10 +463,13 @@ def recommend(arch: Arch, s: Setup, budget: int | None, max_length: int) -> Reco
                     reasons.append(f"micro-batch {b} x {accum} accumulation steps keeps {s.batch_size} "
                                    f"examples per step and needs {gb(cost)}")
                 return Recommendation(method, b, accum, max_length, True, reasons)
-    return _shorter_rows(arch, dataclasses.replace(s, method="lora", batch_size=1), usable, reasons, max_length)
+    lora = dataclasses.replace(s, method="lora", batch_size=1, targets=s.targets or tuple(arch.linears()))
+    return _shorter_rows(arch, lora, usable, reasons, s.method, max_length)
 
 
-def _shorter_rows(arch: Arch, s: Setup, usable: float, reasons: list[str], max_length: int) -> Recommendation:
+def _shorter_rows(
+    arch: Arch, s: Setup, usable: float, reasons: list[str], method: Method, max_length: int
+) -> Recommendation:
     length, cost = s.seq_len, required_bytes(arch, s)
     while length > 64:
         length //= 2
@@ -478,7 +481,7 @@ def _shorter_rows(arch: Arch, s: Setup, usable: float, reasons: list[str], max_l
             return Recommendation("lora", 1, 1, length, True, reasons)
     reasons.append(f"does not fit: LoRA at batch 1 and length {length} still needs {gb(cost)}; "
                    "use a machine with more memory")
-    return Recommendation(s.method, 1, 1, max_length, False, reasons)
+    return Recommendation(method, 1, 1, max_length, False, reasons)
 
 
 def _halvings(n: int) -> list[int]:
@@ -608,7 +611,7 @@ def _budget(device: str, gpu_memory_gb: float | None) -> int | None:
 
         return int(psutil.virtual_memory().available)
     if gpu_memory_gb is not None:
-        return int(gpu_memory_gb * 1e9)
+        return int(gpu_memory_gb * GIB)  # GPU makers' "80 GB" is 80 GiB
     import torch
 
     return int(torch.cuda.get_device_properties(0).total_memory) if torch.cuda.is_available() else None

@@ -29,7 +29,7 @@ PARTS = {  # memory parts, in the order of the table, with what each holds
     "lora_activations": "saved by the adapters",
     "lm_head": "logits, 256 rows at a time",
     "autocast_copies": "bf16 copies of the weights",
-    "allocator": "glibc heap fragmentation",
+    "allocator": "malloc overhead",
 }
 
 
@@ -46,7 +46,7 @@ def plan_command(
     data: Path = typer.Option(None, "--data", help="Dataset whose tokens to count (JSONL, JSON or CSV)."),
     fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    gpu_memory: float = typer.Option(None, "--gpu-memory", help="GPU memory in GB to plan for (with --device cuda)."),
+    gpu_memory: float = typer.Option(None, "--gpu-memory", help="GPU memory in GB (GiB) to plan for, with --device cuda."),
     batch_size: int = typer.Option(8, "--batch-size", min=1, help="Examples per micro-batch."),
     max_length: int = typer.Option(1024, "--max-length", min=2, help="Tokens per example before truncation."),
     lora_r: int = typer.Option(16, "--lora-r", min=1, help="LoRA rank."),
@@ -101,6 +101,7 @@ def _print_plan(p: Plan) -> None:
     t.add_row("[bold]parameters[/]", f"{p.parameters:,}", f"trainable {p.trainable_parameters:,} ({share:.2%})")
     for part, about in PARTS.items():
         if p.memory.get(part):
+            about += f" ({p.allocator})" if part == "allocator" else ""
             t.add_row(f"  {part.replace('_', ' ')}", gb(p.memory[part]), about)
     measure = "peak RSS" if p.device == "cpu" else "max_memory_allocated"
     t.add_row("[bold]peak memory[/]", f"[bold]{gb(p.peak_memory_bytes)}[/]", f"comparable to {measure}")
