@@ -25,7 +25,7 @@ class LoraSettings:
 
     r: int = 16  # rank of the update B @ A
     alpha: int = 32  # scale is alpha / r (alpha / sqrt(r) with rsLoRA)
-    dropout: float = 0.05  # dropout on the adapter's input
+    dropout: float = 0.0  # dropout on the adapter's input (each adapted layer keeps its own dropped copy)
     target_modules: str | list[str] = "all-linear"  # module names, or every linear layer but the LM head
     use_rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r)
     use_dora: bool = False  # weight-decomposed LoRA (magnitude + direction)

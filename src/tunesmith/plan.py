@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from tunesmith.config import LoraSettings
 from tunesmith.errors import ConfigError, ModelError
 
 if TYPE_CHECKING:
@@ -255,7 +256,7 @@ class Setup:
     device: str  # "cpu" or "cuda"
     r: int = 16
     targets: tuple[str, ...] = ()
-    dropout: float = 0.05
+    dropout: float = LoraSettings.dropout
     allocator: Allocator = "system"  # CPU malloc of the training process
     grad_accum: int = 1  # micro-batches per step: above 1, gradients live through the next forward pass
 
@@ -535,7 +536,7 @@ def estimate(
     model: str, method: Method, *, batch_size: int, max_length: int, lora_r: int = 16,
     target_modules: str | Sequence[str] = "all-linear", device: str = "cpu", dtype: str | None = None,
     data_tokens: int | None = None, epochs: float = 1.0, gpu_memory_gb: float | None = None,
-    data: DataStats | None = None, lora_dropout: float = 0.05, calibrate_speed: bool = False,
+    data: DataStats | None = None, lora_dropout: float = LoraSettings.dropout, calibrate_speed: bool = False,
     allocator: Allocator | None = None,
 ) -> Plan:
     """Cost one run of `tunesmith train` from the model's config (and `data`'s token counts, if given).

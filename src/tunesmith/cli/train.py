@@ -65,7 +65,7 @@ def train_command(
     patience: int = typer.Option(None, help="Early stop after N evals without improvement.", rich_help_panel=HP),
     lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank [default: 16].", rich_help_panel=LORA),
     lora_alpha: int = typer.Option(None, "--lora-alpha", help="LoRA alpha [default: 32].", rich_help_panel=LORA),
-    lora_dropout: float = typer.Option(None, "--lora-dropout", help="LoRA dropout [default: 0.05].", rich_help_panel=LORA),
+    lora_dropout: float = typer.Option(None, "--lora-dropout", help="LoRA dropout [default: 0].", rich_help_panel=LORA),
     lora_targets: str = typer.Option(None, "--lora-targets", help="all-linear, or names: q_proj,v_proj.", rich_help_panel=LORA),
     rslora: bool = typer.Option(None, "--rslora/--no-rslora", help="Rank-stabilised LoRA scaling.", rich_help_panel=LORA),
     dora: bool = typer.Option(None, "--dora/--no-dora", help="Weight-decomposed LoRA (DoRA).", rich_help_panel=LORA),

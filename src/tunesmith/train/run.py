@@ -116,10 +116,11 @@ def _plan(config: TrainConfig, data: RunData, device: str) -> dict[str, Any]:
     from tunesmith.plan import DataStats, estimate
 
     try:
+        dtype = "bfloat16" if base_dtype(config, device) == torch.bfloat16 else None
         plan = estimate(config.model, config.method, batch_size=config.batch_size, max_length=config.max_length,
-                        lora_r=config.lora.r, target_modules=config.lora.target_modules, device=device,
+                        lora_r=config.lora.r, target_modules=config.lora.target_modules, device=device, dtype=dtype,
                         data=DataStats.from_encoded(data.train), epochs=config.epochs,
-                        lora_dropout=config.lora.dropout)
+                        lora_dropout=config.lora.dropout, allocator=current_allocator())
     except Exception as e:  # an estimate must never stop a run (e.g. an architecture the planner can't read)
         log.warning("no resource estimate for this run: %s", e)
         return {"error": str(e)}
@@ -127,8 +128,13 @@ def _plan(config: TrainConfig, data: RunData, device: str) -> dict[str, Any]:
             "tokens_per_second": plan.tokens_per_second, "speed_source": plan.speed_source}
 
 
+def base_dtype(config: TrainConfig, device: str) -> torch.dtype:
+    """fp32 weights, except a frozen LoRA base on CUDA: bf16 halves its memory and nothing updates it."""
+    return torch.bfloat16 if config.method == "lora" and device.startswith("cuda") else torch.float32
+
+
 def _build_model(config: TrainConfig, ref: Any, device: str) -> torch.nn.Module:
-    model = load_model(ref, device=device, allow_pickle=config.allow_pickle,
+    model = load_model(ref, device=device, dtype=base_dtype(config, device), allow_pickle=config.allow_pickle,
                        trust_remote_code=config.trust_remote_code)
     model.config.use_cache = False  # no KV cache while training
     if config.method == "lora":
