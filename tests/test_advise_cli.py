@@ -3,22 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from cli_helpers import run
 from tunesmith.advise import QUESTIONS
-from tunesmith.cli import main
-
-
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["tunesmith", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return (e.value.code or 0), out, err
 
 
 def _persona(tmp_path: Path) -> Path:

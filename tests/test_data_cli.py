@@ -9,19 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.cli import main
+from cli_helpers import run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `tunesmith ARGS` in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["tunesmith", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return (e.value.code or 0), out, err
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:

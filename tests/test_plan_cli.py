@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-from tunesmith.cli import main
+from cli_helpers import run
 
 CONFIGS = Path(__file__).parent / "data" / "configs"
 LLAMA_7B = str(CONFIGS / "llama-2-7b")
 
 
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `tunesmith ARGS` in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["tunesmith", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return (e.value.code or 0), out, err
 
 
 def _data(tmp_path: Path, n: int = 6) -> Path:

@@ -1,0 +1,19 @@
+"""Shared by the CLI tests: run `tunesmith ARGS` in-process, as a user would type it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tunesmith.cli import main
+
+
+def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run `tunesmith ARGS` in-process; return (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["tunesmith", *args])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        main()
+    out, err = capsys.readouterr()
+    return (e.value.code or 0), out, err
