@@ -84,7 +84,7 @@ def full_run(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 def test_fresh_adapter_passes_with_zero_deltas(monkeypatch, capsys, lora_run):
-    code, out, err = run(monkeypatch, capsys, "eval", str(lora_run), "--suite", SUITE)
+    code, out, err = run(monkeypatch, capsys, "eval", str(lora_run), "--suite", SUITE, "--threads", "1")
     assert code == 0, err
     assert "verdict: PASS" in out and "Target task: 3 examples" in out
     report = json.loads((lora_run / "eval" / "report.json").read_text())

@@ -114,12 +114,14 @@ def test_bad_thresholds_are_one_line_errors(text, message):
 
 @pytest.mark.parametrize(("harm", "low", "relative", "verdict", "reason"), [
     (0.12, 0.02, False, "fail", "worse by 12.0 points, past the fail threshold 10.0 points"),
-    (0.12, -0.01, False, "warn", "worse by 12.0 points, but the interval includes no change"),
+    (0.12, -0.01, False, "warn", "worse by 12.0 points, past the fail threshold, but the interval includes no change"),
     (0.06, 0.01, False, "warn", "worse by 6.0 points, past the warn threshold 5.0 points"),
+    (0.0625, -0.1, False, "pass", "worse by 6.2 points, within noise: the interval includes no change"),
     (0.04, 0.01, False, "pass", "no drop past the thresholds"),
     (-0.30, -0.40, False, "pass", "no drop past the thresholds"),
     (0.30, 0.20, True, "fail", "worse by 30.0 %, past the fail threshold 25.0 %"),
     (0.15, 0.05, True, "warn", "worse by 15.0 %, past the warn threshold 10.0 %"),
+    (0.15, -0.01, True, "pass", "worse by 15.0 %, within noise: the interval includes no change"),
     (0.08, 0.05, True, "pass", "no drop past the thresholds"),
 ])
 def test_verdict_thresholds(harm, low, relative, verdict, reason):

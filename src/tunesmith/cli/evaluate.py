@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
         thresholds: str | None = typer.Option(None, "--thresholds", help=THRESHOLDS_HELP),
         limit: int = typer.Option(64, "--limit", min=0, help="Target-task examples scored (the first ones)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+        threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (1 is fastest on a busy CPU)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
     ) -> None:
         """Compare a fine-tuned model with its base. Exit 0: pass or warn; 1: fail; 2: bad input."""
@@ -50,6 +51,10 @@ def register(app: typer.Typer) -> None:
             thresholds=parse_thresholds(thresholds), limit=limit, device=device,
         )
         gather_tasks(opts)  # a bad --suite or --keep file fails here, before any model loads
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
         report = _run(opts, quiet=as_json)
         from tunesmith.evaluate.report import write
 
