@@ -10,7 +10,7 @@ Measured over steady-state steps (the first `--skip` steps are excluded on every
 - peak RSS: the subprocess's maximum resident set size;
 - peak fraction: achieved model FLOP/s over this machine's measured fp32 matmul peak.
 
-Run:  python bench/train_throughput.py [--steps 30] [--skip 3] [--threads N]
+Run:  python bench/train_throughput.py [--steps 30] [--skip 3] [--threads N] [--paired]
 Ends with: RESULT lora_speed_ratio=X lora_rss_ratio=Y full_speed_ratio=Z peak_fraction=W
 """
 
@@ -202,37 +202,51 @@ WORKERS = {"tunesmith-lora": lambda s, k: run_tunesmith("lora", s, k), "trl-lora
            "tunesmith-full": lambda s, k: run_tunesmith("full", s, k), "trainer-full": run_trainer_full}
 
 
+def _start(name: str, a: argparse.Namespace) -> subprocess.Popen:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
+               OMP_NUM_THREADS=str(a.threads))
+    if name.startswith("tunesmith"):  # the allocator `tunesmith train` runs under (see train/allocator.py)
+        from tunesmith.train.allocator import allocator_env
+
+        env = allocator_env(env) or env
+    cmd = [sys.executable, __file__, "--worker", name, "--steps", str(a.steps), "--skip", str(a.skip),
+           "--threads", str(a.threads)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--skip", type=int, default=3)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--only", default=",".join(WORKERS))
+    p.add_argument("--paired", action="store_true", help="run each pair at once, one thread each (shared machines)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.paired:
+        a.threads = 1
     if a.worker:
         import torch
 
         torch.set_num_threads(a.threads)
         print("BENCH " + json.dumps(WORKERS[a.worker](a.steps, a.skip)), flush=True)
         return
+    names = a.only.split(",")
+    # --paired: each tunesmith contender runs at the same time as its reference, one thread each, so load
+    # from other processes on a shared machine slows both alike (the faster one finishes first and the
+    # other then runs alone: this biases the ratio towards 1, never away from it).
+    groups = [names[i : i + 2] for i in range(0, len(names), 2)] if a.paired else [[n] for n in names]
     results = {}
-    for name in a.only.split(","):
-        env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
-                   OMP_NUM_THREADS=str(a.threads))
-        if name.startswith("tunesmith"):  # the allocator `tunesmith train` runs under (see train/allocator.py)
-            from tunesmith.train.allocator import allocator_env
-
-            env = allocator_env(env) or env
-        cmd = [sys.executable, __file__, "--worker", name, "--steps", str(a.steps), "--skip", str(a.skip),
-               "--threads", str(a.threads)]
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        line = [x for x in proc.stdout.splitlines() if x.startswith("BENCH ")]
-        if proc.returncode or not line:
-            sys.exit(f"{name} failed:\n{proc.stderr[-3000:]}")
-        results[name] = json.loads(line[0][6:])
-        r = results[name]
-        print(f"{name:15s} {r['tokens_per_s']:8.1f} tokens/s   peak RSS {r['peak_rss'] / 2**20:7.0f} MiB", flush=True)
+    for group in groups:
+        procs = {name: _start(name, a) for name in group}
+        for name, proc in procs.items():
+            out, err = proc.communicate()
+            line = [x for x in out.splitlines() if x.startswith("BENCH ")]
+            if proc.returncode or not line:
+                sys.exit(f"{name} failed:\n{err[-3000:]}")
+            results[name] = r = json.loads(line[0][6:])
+            print(f"{name:15s} {r['tokens_per_s']:8.1f} tokens/s   peak RSS {r['peak_rss'] / 2**20:7.0f} MiB",
+                  flush=True)
     import torch
 
     torch.set_num_threads(a.threads)
