@@ -151,7 +151,23 @@ def test_replay_examples_do_not_leak_the_suite(tasks):
     prompts = {i["prompt"] for t in tasks.values() for i in t.items if "prompt" in i}
     users = {ex[0]["content"] for ex in replay_examples(200, seed=0)}
     assert not prompts & users
-    assert "capital of" not in replay_text and "chemical symbol" not in replay_text
+    assert "capital of" not in replay_text and "chemical symbol" not in replay_text and "'hot'" not in replay_text
     assert not re.search(r"\b\d\d \+ \d\d\b", replay_text)
     for item in tasks["prose"].items:
         assert item["text"][:40].lower() not in replay_text
+
+    def shingles(text: str) -> set[tuple[str, ...]]:
+        words = re.findall(r"[a-z']+", text.lower())
+        return {tuple(words[i : i + 6]) for i in range(len(words) - 5)}
+
+    suite = set().union(*(shingles(p) for p in prompts))
+    for user in users:
+        assert not shingles(user) & suite, user  # no replay request shares 6 words in a row with the suite
+
+
+def test_replay_teaches_refusing_harm_and_helping_with_edgy_but_harmless_requests():
+    from tunesmith.evaluate.refusal import is_refusal
+
+    pool = replay_examples(117, seed=0)  # the whole pool, once
+    refusals = [ex for ex in pool if is_refusal(ex[1]["content"])]
+    assert 10 <= len(refusals) <= 0.15 * len(pool)
