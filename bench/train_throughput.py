@@ -45,7 +45,7 @@ def steady(times: list[float], tokens: list[int], skip: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- workers
-def run_tunesmith(method: str, steps: int, skip: int) -> dict:
+def run_tunesmith(method: str, steps: int, skip: int, threads: int) -> dict:
     from tunesmith.cli.common import quiet_libraries
     from tunesmith.config import load_config
     from tunesmith.train.metrics import read_metrics
@@ -55,7 +55,8 @@ def run_tunesmith(method: str, steps: int, skip: int) -> dict:
     out = Path(tempfile.mkdtemp(prefix="bench-")) / "run"
     cfg = load_config(None, data=str(DATA), out=str(out), method=method, max_steps=steps, batch_size=BATCH,
                       max_length=MAX_LEN, lr=2e-4 if method == "lora" else 2e-5, eval_fraction=0.0,
-                      guard=False, save_every=10_000, lora_r=R, lora_alpha=ALPHA, lora_dropout=0.0)
+                      guard=False, save_every=10_000, lora_r=R, lora_alpha=ALPHA, lora_dropout=0.0,
+                      threads=threads)
     train(cfg)
     recs = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
     times = [r["tokens"] - (recs[i - 1]["tokens"] if i else 0) for i, r in enumerate(recs)]
@@ -198,8 +199,10 @@ def lora_flops_per_token(targets_share: float) -> float:
     return 4 * n_body + 6 * lora + 4 * head * targets_share + 3 * attn
 
 
-WORKERS = {"tunesmith-lora": lambda s, k: run_tunesmith("lora", s, k), "trl-lora": run_trl_lora,
-           "tunesmith-full": lambda s, k: run_tunesmith("full", s, k), "trainer-full": run_trainer_full}
+WORKERS = {"tunesmith-lora": lambda s, k, t: run_tunesmith("lora", s, k, t),
+           "trl-lora": lambda s, k, t: run_trl_lora(s, k),
+           "tunesmith-full": lambda s, k, t: run_tunesmith("full", s, k, t),
+           "trainer-full": lambda s, k, t: run_trainer_full(s, k)}
 
 
 def _start(name: str, a: argparse.Namespace) -> subprocess.Popen:
@@ -229,7 +232,7 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(a.threads)
-        print("BENCH " + json.dumps(WORKERS[a.worker](a.steps, a.skip)), flush=True)
+        print("BENCH " + json.dumps(WORKERS[a.worker](a.steps, a.skip, a.threads)), flush=True)
         return
     names = a.only.split(",")
     # --paired: each tunesmith contender runs at the same time as its reference, one thread each, so load

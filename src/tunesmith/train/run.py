@@ -154,7 +154,8 @@ def train(
     device = pick_device(config.device)
     d = setup(device)
     device = device_for(d, device)
-    torch.set_num_threads(config.threads or len(os.sched_getaffinity(0)))
+    if config.threads:  # else PyTorch's default (physical cores, or OMP_NUM_THREADS)
+        torch.set_num_threads(config.threads)
     try:
         run = open_run(config, resume=resume, force=force) if d.main else Path(config.out)
         return _train(config, run, device, d, hooks, guard_factory, replay, on_start, resume)
