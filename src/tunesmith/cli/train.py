@@ -73,7 +73,7 @@ def train_command(
     guard_stop: bool = typer.Option(None, "--guard-stop/--no-guard-stop", help="Stop when the guard says fail.", rich_help_panel=RUN),
     replay: float = typer.Option(None, help="Share of general replay examples mixed in [default: 0].", rich_help_panel=RUN),
     device: str = typer.Option(None, help="auto | cpu | cuda [default: auto].", rich_help_panel=RUN),
-    threads: int = typer.Option(None, help="CPU threads [default: all available].", rich_help_panel=RUN),
+    threads: int = typer.Option(None, help="CPU threads [default: PyTorch's, or OMP_NUM_THREADS].", rich_help_panel=RUN),
     allow_pickle: bool = typer.Option(None, "--allow-pickle", help="Allow non-safetensors weights (can run code).", rich_help_panel=RUN),
     trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Run code shipped with a hub model.", rich_help_panel=RUN),
 ) -> None:
