@@ -168,6 +168,6 @@ def test_replay_examples_do_not_leak_the_suite(tasks):
 def test_replay_teaches_refusing_harm_and_helping_with_edgy_but_harmless_requests():
     from tunesmith.evaluate.refusal import is_refusal
 
-    pool = replay_examples(117, seed=0)  # the whole pool, once
+    pool = replay_examples(136, seed=0)  # the whole pool, once
     refusals = [ex for ex in pool if is_refusal(ex[1]["content"])]
-    assert 10 <= len(refusals) <= 0.15 * len(pool)
+    assert 20 <= len(refusals) <= 0.25 * len(pool)
