@@ -17,3 +17,14 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *ar
         main()
     out, err = capsys.readouterr()
     return (e.value.code or 0), out, err
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny-model ops are far too small to gain from threads; on a busy machine they only wait for each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from tunesmith.cli import main
+from cli_helpers import one_thread, run  # noqa: F401  (one_thread is autouse)
 
 SUITE = "prose,capitals,instructions"  # a fast slice: one of each log-likelihood scorer
 EVAL_ROWS = [
@@ -19,25 +18,6 @@ EVAL_ROWS = [
     ("Where is my order?", "You can track your order from the Orders page."),
     ("What is your return policy?", "Returns are accepted within 30 days of purchase."),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model ops are far too small to gain from threads; on a busy machine they only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def run(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    """Run `tunesmith ARGS` in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["tunesmith", *args])
-    monkeypatch.setenv("COLUMNS", "200")
-    with pytest.raises(SystemExit) as e:
-        main()
-    out, err = capsys.readouterr()
-    return (e.value.code or 0), out, err
 
 
 def _write_eval_data(run: Path) -> None:

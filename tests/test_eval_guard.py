@@ -7,16 +7,8 @@ import copy
 import pytest
 import torch
 
+from cli_helpers import one_thread  # noqa: F401  (autouse: tiny-model tests on one thread)
 from tunesmith.evaluate.guard import GUARD_PROSE, GUARD_TASKS, TrainingGuard, guard_tasks
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model ops are far too small to gain from threads; on a busy machine they only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -7,21 +7,13 @@ import copy
 import pytest
 import torch
 
+from cli_helpers import one_thread  # noqa: F401  (autouse: tiny-model tests on one thread)
 from tunesmith.data.tokenize import IGNORE, encode
 from tunesmith.evaluate import scoring
 from tunesmith.evaluate.metrics import completion_nll
 
 PROMPTS = ["How do I reset my password?", "Where is my order?", "What is the capital of France?",
            "the quick brown fox", "SELECT name FROM customers;"]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny-model ops are far too small to gain from threads; on a busy machine they only wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
