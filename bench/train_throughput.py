@@ -48,7 +48,7 @@ def steady(times: list[float], tokens: list[int], skip: int) -> float:
 def run_tunesmith(method: str, steps: int, skip: int, threads: int) -> dict:
     from tunesmith.cli.common import quiet_libraries
     from tunesmith.config import load_config
-    from tunesmith.train.metrics import read_metrics
+    from tunesmith.runfolder import RunFolder
     from tunesmith.train.run import train
 
     quiet_libraries()
@@ -58,7 +58,7 @@ def run_tunesmith(method: str, steps: int, skip: int, threads: int) -> dict:
                       guard=False, save_every=10_000, lora_r=R, lora_alpha=ALPHA, lora_dropout=0.0,
                       threads=threads)
     train(cfg)
-    recs = [r for r in read_metrics(out / "metrics.jsonl") if "loss" in r]
+    recs = [r for r in RunFolder(out).metrics() if "loss" in r]
     times = [r["tokens"] - (recs[i - 1]["tokens"] if i else 0) for i, r in enumerate(recs)]
     durations = [r["elapsed"] - (recs[i - 1]["elapsed"] if i else 0) for i, r in enumerate(recs)]
     return {"tokens_per_s": steady(durations, times, skip), "peak_rss": peak_rss(),

@@ -50,7 +50,8 @@ def run_dir(tmp_path: Path) -> Path:
     records += [{"step": s, "eval_loss": 2.5 - s / 40, "guard/capitals": 0.5, "guard/prose_ppl": 20.0}
                 for s in (5, 10, 15, 20)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records) + "not json\n")
-    (run / "manifest.json").write_text(json.dumps({"method": "lora", "data": {"train_examples": 90}}))
+    (run / "manifest.json").write_text(json.dumps({"method": "lora", "data": {"train_examples": 90},
+                                                   "base_model": {"name": "smollm2-135m", "kind": "builtin"}}))
     (run / "config.yaml").write_text("method: lora\nlr: 0.0002\n")
     (run / "data").mkdir()
     chat = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Sure."}]}
@@ -79,7 +80,8 @@ def test_report_files_are_written_and_agree(tmp_path, run_dir):
     paths = write(_report(), tmp_path / "out", run_dir)
     saved = json.loads(paths["json"].read_text())
     assert saved["verdict"] == "fail" and saved["figures"] == ["curves.png", "suite.png", "target.png"]
-    assert saved["run"]["data"] == {"train_examples": 90} and saved["run"]["config"] == "method: lora\nlr: 0.0002\n"
+    assert saved["run"]["data"] == {"train_examples": 90}
+    assert "\nmethod: lora\n" in saved["run"]["config"] and "\nlr: 0.0002\n" in saved["run"]["config"]
     assert saved["run"]["quality"]["level"] == "problems" and saved["run"]["quality"]["examples"] == 3
     for name in saved["figures"]:
         assert (tmp_path / "out" / name).read_bytes().startswith(PNG)

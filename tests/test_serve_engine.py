@@ -152,7 +152,8 @@ def test_adapter_loading_refuses_bad_names_duplicates_and_foreign_folders(engine
 
 def test_an_adapter_for_other_weights_is_refused(engine: Engine, tiny_model_dir: Path, tmp_path: Path) -> None:
     run = make_run(tiny_model_dir, tmp_path / "run", seed=3, fingerprint="sha256:" + "0" * 64)
-    with pytest.raises(ModelError, match=r"trained on a different base model than 'tiny'"):
+    with pytest.raises(ModelError, match=r"run/adapter: trained on a different base model than '.*tiny-model.*' "
+                                         r"\(fingerprint 000000000000… recorded"):
         engine.add_adapter("x", run)
     other = build_tiny_model(tmp_path / "wider", hidden=32)
     with pytest.raises(ModelError, match=r"cannot load adapter on 'tiny'"):

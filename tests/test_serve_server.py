@@ -19,6 +19,7 @@ from tunesmith.serve.app import ServeConfig, background_server, create_app
 from tunesmith.serve.engine import Engine, Limits
 
 KEY = "test-key"
+ADMIN = "admin-key"
 HELLO = [{"role": "user", "content": "How do I reset my password?"}]
 
 
@@ -38,7 +39,8 @@ def server(tiny_model_dir: Path, adapters: dict[str, Path]) -> Iterator[SimpleNa
     engine = Engine(resolve(str(tiny_model_dir)), base_id="tiny", device="cpu", limits=limits)
     engine.add_adapter("support", adapters["support"])
     engine.add_adapter("pirate", adapters["pirate"])
-    app = create_app(engine, ServeConfig(api_key=KEY, max_body_bytes=20_000))
+    config = ServeConfig(api_key=KEY, admin_key=ADMIN, adapter_root=adapters["late"].parent, max_body_bytes=20_000)
+    app = create_app(engine, config)
     with background_server(app) as url:
         yield SimpleNamespace(url=url, engine=engine)
 
@@ -59,8 +61,8 @@ def expected(tiny_model_dir: Path, adapters: dict[str, Path], model: str, prompt
     return reference_reply(tiny_model_dir, adapter, prompt_ids, n)
 
 
-def raw(server: SimpleNamespace, method: str, path: str, **kwargs) -> httpx.Response:
-    headers = {"Authorization": f"Bearer {KEY}", **kwargs.pop("headers", {})}
+def raw(server: SimpleNamespace, method: str, path: str, key: str = KEY, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {key}", **kwargs.pop("headers", {})}
     return httpx.request(method, server.url + path, headers=headers, timeout=30, **kwargs)
 
 
@@ -156,10 +158,12 @@ def test_a_client_that_leaves_mid_stream_frees_its_place(server, client) -> None
     assert client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=2).choices[0].finish_reason
 
 
-def test_health_needs_no_key(server) -> None:
+def test_health_needs_no_key_and_tells_nothing_else(server) -> None:
     r = httpx.get(server.url + "/health")
-    assert r.status_code == 200
-    assert r.json()["status"] == "ok" and r.json()["adapters"] == ["support", "pirate"]
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert httpx.get(server.url + "/v1/stats").status_code == 401
+    stats = raw(server, "GET", "/v1/stats").json()
+    assert stats["adapters"] == ["support", "pirate"] and stats["model"] == "tiny"
 
 
 # -- refusals: OpenAI error shape, never a 5xx ---------------------------------------------------------
@@ -240,41 +244,70 @@ def test_other_refusals_keep_the_openai_shape(server) -> None:
 
 
 def test_adapters_are_added_and_removed_at_run_time(client, server, tok, tiny_model_dir, adapters) -> None:
-    r = raw(server, "POST", "/v1/adapters", json={"name": "late", "path": str(adapters["late"])})
+    r = raw(server, "POST", "/v1/adapters", ADMIN, json={"name": "late", "path": "late"})  # relative to the root
     assert r.status_code == 201 and r.json()["id"] == "late"
     try:
         assert "late" in [m.id for m in client.models.list().data]
         reply = client.chat.completions.create(model="late", messages=HELLO, max_tokens=8, temperature=0)
         assert reply.choices[0].message.content == expected(tiny_model_dir, adapters, "late",
                                                             encode_prompt(tok, HELLO), 8)
-        again = raw(server, "POST", "/v1/adapters", json={"name": "late", "path": str(adapters["late"])})
+        again = raw(server, "POST", "/v1/adapters", ADMIN, json={"name": "late", "path": str(adapters["late"])})
         assert again.status_code == 409
     finally:
-        gone = raw(server, "DELETE", "/v1/adapters/late")
+        gone = raw(server, "DELETE", "/v1/adapters/late", ADMIN)
     assert gone.status_code == 200 and gone.json()["deleted"] is True
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="late", messages=HELLO, max_tokens=2)
 
 
-def test_adding_an_adapter_checks_the_key_and_the_folder(server, tmp_path: Path) -> None:
-    no_key = raw(server, "POST", "/v1/adapters", json={"name": "x", "path": str(tmp_path)},
-                 headers={"Authorization": "Bearer nope"})
-    assert no_key.status_code == 401
-    bad_dir = raw(server, "POST", "/v1/adapters", json={"name": "x", "path": str(tmp_path)})
-    assert bad_dir.status_code == 400
-    assert "not an adapter folder or a LoRA run folder" in bad_dir.json()["error"]["message"]
-    bad_name = raw(server, "POST", "/v1/adapters", json={"name": "../x", "path": str(tmp_path)})
+def test_adapter_management_needs_the_admin_key_not_the_api_key(server) -> None:
+    for key in (KEY, "nope", "-"):  # the inference key is not enough
+        r = raw(server, "POST", "/v1/adapters", key, json={"name": "x", "path": "late"})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_admin_key"
+        assert raw(server, "DELETE", "/v1/adapters/support", key).status_code == 401
+    assert "support" in server.engine.adapters
+
+
+def test_adapters_load_only_from_inside_the_root_and_refusals_reveal_no_paths(server, adapters, tmp_path,
+                                                                            tiny_model_dir) -> None:
+    outside = make_adapter(tiny_model_dir, tmp_path / "outside", seed=4)  # a real adapter, outside the root
+    root = adapters["late"].parent
+    (root / "escape").symlink_to(tmp_path)  # a symlink inside the root pointing outside it
+    (tmp_path / "inner").symlink_to(outside)
+    attempts = ["../" + root.name + "/late/../../etc", "/etc", "../../../../etc/passwd", str(tmp_path),
+                "escape/inner", "escape/outside", str(outside), "late/../../" + root.name + "-nope", "missing-folder",
+                "support\x00"]
+    for path in attempts:
+        r = raw(server, "POST", "/v1/adapters", ADMIN, json={"name": "x", "path": path})
+        assert r.status_code == 400, path
+        message = r.json()["error"]["message"]
+        assert message == f"adapter 'x': no loadable adapter for this base model at path {path!r} under the " \
+                          "adapter root", path
+        assert str(root) not in message  # only the client's own words come back, never the server's layout
+    assert "x" not in server.engine.adapters
+    bad_name = raw(server, "POST", "/v1/adapters", ADMIN, json={"name": "../x", "path": "late"})
     assert bad_name.status_code == 400 and bad_name.json()["error"]["param"] == "name"
 
 
-def test_without_an_api_key_adapter_management_is_off(tiny_model_dir: Path, adapters: dict[str, Path]) -> None:
+def test_without_an_admin_key_adapter_management_is_off(tiny_model_dir: Path, adapters: dict[str, Path]) -> None:
     engine = Engine(resolve(str(tiny_model_dir)), device="cpu")
-    with background_server(create_app(engine, ServeConfig())) as url:
-        c = openai.OpenAI(base_url=url + "/v1", api_key="anything", max_retries=0)
+    with background_server(create_app(engine, ServeConfig(api_key="k"))) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="k", max_retries=0)
         assert c.chat.completions.create(model=engine.base_id, messages=HELLO, max_tokens=2).choices
-        r = httpx.post(url + "/v1/adapters", json={"name": "x", "path": str(adapters["late"])})
+        r = httpx.post(url + "/v1/adapters", json={"name": "x", "path": str(adapters["late"])},
+                       headers={"Authorization": "Bearer k"})
     assert r.status_code == 403
-    assert r.json()["error"]["message"] == "adapter management is off: start the server with --api-key to enable it"
+    assert r.json()["error"]["message"] == ("adapter management is off: start the server with --admin-key and "
+                                            "--adapter-root to enable it")
+
+
+def test_serve_config_refuses_unsafe_key_setups(tmp_path: Path) -> None:
+    from tunesmith.errors import TunesmithError
+
+    with pytest.raises(TunesmithError, match="--admin-key needs --adapter-root"):
+        ServeConfig(admin_key="a")
+    with pytest.raises(TunesmithError, match="--admin-key must differ from --api-key"):
+        ServeConfig(api_key="a", admin_key="a", adapter_root=tmp_path)
 
 
 # -- under load ----------------------------------------------------------------------------------------

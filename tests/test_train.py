@@ -22,6 +22,7 @@ from tunesmith.model.loading import load_model
 from tunesmith.model.lora import add_lora
 from tunesmith.train.allocator import allocator_env
 from tunesmith.train.batching import collate, epoch_order
+from tunesmith.train.fastpath import check_fast_paths
 from tunesmith.train.loss import CompletionLoss
 from tunesmith.train.optim import lr_factor
 from tunesmith.train.run import train
@@ -42,10 +43,14 @@ def _config(data: Path, model: Path, out: Path, **kw):
     return load_config(None, **base)
 
 
-def _batch(tokenizer, n: int = 3):
-    msgs = [[{"role": "user", "content": f"What is {i} + 1?"}, {"role": "assistant", "content": f"It is {i + 1}."}]
+def _encoded(tokenizer, n: int = 3):
+    msgs = [[{"role": "user", "content": f"What is {i * 37} + 1?"}, {"role": "assistant", "content": f"It is {i + 1}."}]
             for i in range(n)]
-    return collate([encode(tokenizer, m) for m in msgs], tokenizer.pad_token_id)
+    return [encode(tokenizer, m) for m in msgs]
+
+
+def _batch(tokenizer, n: int = 3):
+    return collate(_encoded(tokenizer, n), tokenizer.pad_token_id)
 
 
 def test_lora_at_init_changes_no_logits(tiny_model_dir, tiny_tokenizer):
@@ -61,9 +66,10 @@ def test_completion_loss_matches_transformers_loss(tiny_model_dir, tiny_tokenize
     model = load_model(str(tiny_model_dir)).eval()
     b = _batch(tiny_tokenizer)
     loss_fn = CompletionLoss(model)
-    assert loss_fn.check_fast_path(b.input_ids)  # the head-on-targets path is exact here
+    paths = check_fast_paths(loss_fn, _encoded(tiny_tokenizer), tiny_tokenizer.pad_token_id, "cpu")
+    assert paths == {"mask_free": True, "fused_mlp": True, "head_on_targets": True}  # all exact on Llama
     with torch.no_grad():
-        loss_sum, n = loss_fn(b.input_ids, b.labels)
+        loss_sum, n = loss_fn(b.input_ids, b.labels, b.attention_mask)
         reference = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss
     assert int(n) == b.targets
     assert float(loss_sum / n) == pytest.approx(float(reference), rel=1e-5)
@@ -215,8 +221,10 @@ def test_resume_refuses_foreign_or_empty_folders(tiny_model_dir, qa_file, tmp_pa
         train(_config(qa_file, tiny_model_dir, tmp_path), resume=True)
     other = tmp_path / "other.jsonl"
     other.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
-    with pytest.raises(RunError, match="training data differs"):
-        train(_config(other, tiny_model_dir, lora_run.run_dir), resume=True)
+    with pytest.raises(RunError, match="finished at step 6 of 6"):
+        train(_config(qa_file, tiny_model_dir, lora_run.run_dir), resume=True)
+    with pytest.raises(RunError, match="training data differs"):  # more steps, but on other data
+        train(_config(other, tiny_model_dir, lora_run.run_dir, max_steps=12), resume=True)
     with pytest.raises(RunError, match="folder exists and is not empty"):
         train(_config(qa_file, tiny_model_dir, lora_run.run_dir))
 
@@ -316,7 +324,7 @@ def test_fused_gated_mlp_matches_the_original(tiny_model_dir, tiny_tokenizer):
     for fuse in (False, True):
         model = load_model(str(tiny_model_dir))
         if fuse:
-            assert fuse_gated_mlps(model) == model.config.num_hidden_layers
+            assert len(fuse_gated_mlps(model)) == model.config.num_hidden_layers
         loss = model(input_ids=b.input_ids, labels=b.labels).loss
         loss.backward()
         outs.append((loss.detach(), [p.grad.clone() for p in model.parameters()]))

@@ -1,25 +1,48 @@
 """The whole pipeline on one screen: check data -> plan -> train -> evaluate -> merge / serve.
 
-Each function is what the matching CLI command calls; use them from Python the same way.
+Each function is what the matching CLI command calls; use them from Python the same way. The CLI only
+parses arguments, calls these, and prints what they return.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunesmith.config import TrainConfig
-from tunesmith.train.loop import Hooks
-from tunesmith.train.run import RunResult, train
+from tunesmith.config import TrainConfig, load_config, resume_config
+
+if TYPE_CHECKING:
+    from tunesmith.model.merge import MergeResult
+    from tunesmith.train.loop import Hooks
+    from tunesmith.train.run import RunResult
 
 
-def fine_tune(
-    config: TrainConfig, *, resume: bool = False, force: bool = False, hooks: Hooks | None = None,
-    on_start: Any = None,
-) -> RunResult:
+def load_train_config(path: str | Path | None = None, *, resume: str | Path | None = None,
+                      **overrides: Any) -> TrainConfig:
+    """Settings for `train`: a YAML file with overrides on top, or a run's own settings when resuming
+    (then only the resumable overrides are allowed: more steps or epochs, eval/save cadence, device, threads)."""
+    if resume is None:
+        return load_config(path, **overrides)
+    from tunesmith.errors import ConfigError, RunError
+    from tunesmith.runfolder import RunFolder, describe_non_run, is_run
+
+    if path is not None:
+        raise ConfigError("--resume uses the run's own config.yaml; drop --config")
+    if not is_run(resume):
+        raise RunError(f"{resume}: {describe_non_run(Path(resume))}; nothing to resume")
+    return resume_config(RunFolder.open(resume).config(), **overrides)
+
+
+def fine_tune(config: TrainConfig, *, resume: bool = False, force: bool = False,
+              hooks: Hooks | None = None) -> RunResult:
     """Train per `config`, with the forgetting guard and replay mixing when the config asks for them."""
+    from tunesmith.errors import ConfigError
+    from tunesmith.train.run import Extras, train
+
+    if not config.data:
+        raise ConfigError("config: no training data given (DATA argument or 'data:' in the config file)")
     guard_factory = None
-    replay: list[list[dict[str, str]]] = []
+    replay: list[Any] = []
     if config.guard or config.replay:
         from tunesmith.evaluate import guard as guard_mod
 
@@ -30,12 +53,11 @@ def fine_tune(
             n_train = _count_examples(config)
             n = round(config.replay / (1 - config.replay) * n_train)
             replay = guard_mod.replay_examples(n, seed=config.seed)
-    return train(config, resume=resume, force=force, hooks=hooks, guard_factory=guard_factory,
-                 replay=replay, on_start=on_start)
+    return train(config, resume=resume, force=force, hooks=hooks, extras=Extras(guard_factory, replay))
 
 
 def merge_adapter(target: str | Path, out: str | Path, *, adapter: str | Path | None = None,
-                  force: bool = False) -> Any:
+                  force: bool = False) -> MergeResult:
     """Fold a LoRA adapter into its base model and save a plain model folder."""
     from tunesmith.model.merge import merge
 

@@ -1,74 +1,110 @@
 """Every training setting, typed and strict. YAML file < CLI overrides; unknown keys are errors.
 
 `TrainConfig` is the one source of truth for a run: it is resolved (defaults filled from the data size and
-method), printed before training starts, and written to `RUN/config.yaml`.
+method), printed before training starts, and written to `RUN/config.yaml`. Each field's `help` is the
+documentation: the `tunesmith train` options and their help text are generated from it, so a default is
+written once. Validation lives in the dataclass itself (`__post_init__`), for Python callers as for the
+CLI, and reports every problem at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
+import types
 import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from tunesmith.data.formats import Format
 from tunesmith.errors import ConfigError
 
 Method = Literal["lora", "full"]
 Schedule = Literal["cosine", "linear", "constant"]
+DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+
+
+def setting(default: Any, help: str, *, flag: str | None = None, panel: str = "Hyperparameters",
+            factory: Any = None) -> Any:
+    """A config field with its documentation (the CLI help) and, optionally, the CLI flag it goes by."""
+    meta = {"help": help, "flag": flag, "panel": panel}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
 class LoraSettings:
     """LoRA settings, with PEFT's names."""
 
-    r: int = 16  # rank of the update B @ A
-    alpha: int = 32  # scale is alpha / r (alpha / sqrt(r) with rsLoRA)
-    dropout: float = 0.0  # dropout on the adapter's input (each adapted layer keeps its own dropped copy)
-    target_modules: str | list[str] = "all-linear"  # module names, or every linear layer but the LM head
-    use_rslora: bool = False  # rank-stabilised scaling alpha / sqrt(r)
-    use_dora: bool = False  # weight-decomposed LoRA (magnitude + direction)
+    r: int = setting(16, "Rank of the update B @ A", panel="LoRA")
+    alpha: int = setting(32, "Scale is alpha / r (alpha / sqrt(r) with rsLoRA)", panel="LoRA")
+    dropout: float = setting(0.0, "Dropout on the adapter's input", panel="LoRA")
+    target_modules: str | list[str] = setting(
+        "all-linear", "Layers to adapt: all-linear (every linear layer but the LM head) or names such as "
+        "q_proj,v_proj", flag="--lora-targets", panel="LoRA")
+    use_rslora: bool = setting(False, "Rank-stabilised scaling alpha / sqrt(r)", flag="--rslora", panel="LoRA")
+    use_dora: bool = setting(False, "Weight-decomposed LoRA (magnitude + direction)", flag="--dora", panel="LoRA")
+
+    def __post_init__(self) -> None:
+        _validate(self, "lora: ")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """One fine-tuning run. `None` means "chosen from the data and method" (see `resolve_defaults`)."""
 
-    data: str = ""  # training file (JSON, JSONL or CSV)
-    eval_data: str | None = None  # evaluation file; None -> hold out `eval_fraction` of the data
-    format: str = "auto"  # prompt_completion | chat | alpaca | auto
-    model: str = "smollm2-135m"  # built-in name, local folder or hub id
-    method: Method = "lora"
-    out: str = "runs/latest"  # run folder
-    lr: float | None = None  # peak learning rate (LoRA 2e-4, full 2e-5 by default)
-    epochs: float | None = None  # passes over the data (3 below 1000 examples, else 2)
-    max_steps: int | None = None  # stop after this many optimizer steps (overrides epochs)
-    batch_size: int = 8  # examples per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    max_length: int = 1024  # tokens per example; longer ones are truncated on the right
-    warmup: float = 0.05  # share of steps with a linear warm-up
-    schedule: Schedule = "cosine"
-    weight_decay: float = 0.0  # AdamW decay on matrices (not on norms/biases)
-    grad_clip: float = 1.0  # max global gradient norm; 0 disables
-    seed: int = 0
-    eval_fraction: float = 0.1  # share held out for eval when no eval file is given (0 disables)
-    eval_every: int | None = None  # steps between evaluations (about 10 per run by default)
-    save_every: int | None = None  # steps between checkpoints (same as eval_every by default)
-    keep_checkpoints: int = 2  # newest checkpoints kept (the best one is kept as well)
-    patience: int | None = None  # stop after this many evaluations without a better eval loss
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # CPU threads (default: the cores this process may use)
-    guard: bool = True  # score a small general-knowledge slice at each evaluation (forgetting guard)
-    guard_stop: bool = False  # stop (keeping the best checkpoint) when the guard says "fail"
-    replay: float = 0.0  # share of general "replay" examples mixed into training against forgetting
-    allow_pickle: bool = False  # allow non-safetensors weights (pickle can run code)
-    trust_remote_code: bool = False  # run model code shipped with a hub model
-    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: str = setting("", "Training data (JSON, JSONL or CSV)", panel="Run")
+    eval_data: str | None = setting(None, "Eval data; default: hold out eval_fraction of the data",
+                                    flag="--eval", panel="Run")
+    format: Format = setting("auto", "Dataset format (auto: detected from the keys)", panel="Run")
+    model: str = setting("smollm2-135m", "Base model: built-in name, local folder, run folder or hub id",
+                         panel="Run")
+    method: Method = setting("lora", "What trains: lora (a small adapter) or full (every weight)", panel="Run")
+    out: str = setting("runs/latest", "Run folder", panel="Run")
+    lr: float | None = setting(None, "Peak learning rate (LoRA 2e-4, full 2e-5)")
+    epochs: float | None = setting(None, "Passes over the data (3 under 1000 examples, else 2)")
+    max_steps: int | None = setting(None, "Stop after this many optimizer steps (overrides epochs)")
+    batch_size: int = setting(8, "Examples per micro-batch")
+    grad_accum: int = setting(1, "Micro-batches per optimizer step")
+    max_length: int = setting(1024, "Tokens per example; longer ones are cut on the right")
+    warmup: float = setting(0.05, "Share of steps with a linear warm-up")
+    schedule: Schedule = setting("cosine", "Learning-rate schedule after the warm-up")
+    weight_decay: float = setting(0.0, "AdamW decay on matrices (not on norms or biases)")
+    grad_clip: float = setting(1.0, "Max global gradient norm; 0 disables clipping")
+    seed: int = setting(0, "Random seed (data order, eval split, LoRA init)")
+    eval_fraction: float = setting(0.1, "Share held out for eval when no eval file is given (0 disables)")
+    eval_every: int | None = setting(None, "Steps between evaluations (about 10 per run)")
+    save_every: int | None = setting(None, "Steps between checkpoints (eval_every)")
+    keep_checkpoints: int = setting(2, "Newest checkpoints kept (the best one is kept as well)", panel="Run")
+    patience: int | None = setting(None, "Stop after this many evaluations without a better eval loss")
+    device: str = setting("auto", "Where to train: auto, cpu, cuda or cuda:N", panel="Run")
+    threads: int | None = setting(None, "CPU threads (PyTorch's default, or OMP_NUM_THREADS)", panel="Run")
+    guard: bool = setting(True, "Score a general-skills slice at each evaluation (forgetting guard)", panel="Run")
+    guard_stop: bool = setting(False, "Stop, keeping the best checkpoint, when the guard says fail", panel="Run")
+    replay: float = setting(0.0, "Share of general replay examples mixed in against forgetting", panel="Run")
+    allow_pickle: bool = setting(False, "Allow non-safetensors weights (pickle can run code)", panel="Run")
+    trust_remote_code: bool = setting(False, "Run model code shipped with a hub model", panel="Run")
+    lora: LoraSettings = setting(None, "LoRA settings", factory=LoraSettings)
+
+    def __post_init__(self) -> None:
+        _validate(self, "")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Settings `--resume` may change: how long to train, how often to look, where. Anything else would make the
+# resumed run a different run than the one its checkpoints and data split belong to.
+RESUMABLE = ("max_steps", "epochs", "eval_every", "save_every", "keep_checkpoints", "patience", "device",
+             "threads", "guard_stop")
 
 # Names users bring from other tools, mapped to ours for the "did you mean" hint.
 ALIASES = {
@@ -81,24 +117,61 @@ ALIASES = {
 }
 
 
-def _check_keys(given: dict[str, Any], cls: type, where: str) -> None:
-    known = [f.name for f in fields(cls)]
-    for key in given:
-        if key not in known:
-            close = [ALIASES[key]] if ALIASES.get(key) in known else difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
-            raise ConfigError(f"{where}: unknown setting '{key}'{hint}")
+def _range_problems(c: Any) -> list[str]:
+    """Range checks a type cannot express."""
+    if isinstance(c, LoraSettings):
+        return [m for ok, m in ((c.r >= 1, "r must be >= 1"), (0 <= c.dropout < 1, "dropout must be in [0, 1)"),
+                                (c.alpha > 0, "alpha must be > 0")) if not ok]
+    checks = [
+        (c.lr is None or c.lr > 0, "lr must be > 0"),
+        (c.epochs is None or c.epochs > 0, "epochs must be > 0"),
+        (c.max_steps is None or c.max_steps > 0, "max_steps must be > 0"),
+        (c.batch_size >= 1, "batch_size must be >= 1"),
+        (c.grad_accum >= 1, "grad_accum must be >= 1"),
+        (c.max_length >= 8, "max_length must be >= 8"),
+        (0 <= c.warmup < 1, "warmup is a share of the steps, in [0, 1)"),
+        (0 <= c.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
+        (0 <= c.replay < 1, "replay must be in [0, 1)"),
+        (c.grad_clip >= 0, "grad_clip must be >= 0 (0 disables it)"),
+        (c.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+        (c.eval_every is None or c.eval_every >= 1, "eval_every must be >= 1"),
+        (c.save_every is None or c.save_every >= 1, "save_every must be >= 1"),
+        (c.patience is None or c.patience >= 1, "patience must be >= 1"),
+        (c.threads is None or c.threads >= 1, "threads must be >= 1"),
+        (bool(DEVICE.match(c.device)), f"device '{c.device}' is not one of auto, cpu, cuda, cuda:N, mps"),
+    ]
+    return [m for ok, m in checks if not ok]
+
+
+def _validate(c: Any, prefix: str) -> None:
+    """Coerce each field to its type (YAML's '2e-4' string is a float) and collect every problem."""
+    hints = typing.get_type_hints(type(c))
+    problems: list[str] = []
+    for f in fields(c):
+        value = getattr(c, f.name)
+        try:
+            if f.name == "lora" and isinstance(value, dict):
+                value = build(LoraSettings, value, "lora")
+            elif f.name != "lora":
+                value = _coerce(value, hints[f.name], f"{prefix}{f.name}")
+        except ConfigError as e:
+            problems += e.problems
+            continue
+        object.__setattr__(c, f.name, value)
+    if not problems:
+        problems = [f"{prefix}{m}" for m in _range_problems(c)]
+    if problems:
+        raise ConfigError(problems)
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:
-    """Check one value against its annotation (ints for floats are fine); raise a one-line error."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
+    """Check one value against its annotation and return it converted; raise a one-line ConfigError."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{where}: '{value}' is not one of {', '.join(map(str, args))}")
         return value
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         errors = []
@@ -116,84 +189,93 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
+    if annotation is float and isinstance(value, str):
+        try:  # YAML 1.1 reads 2e-4 (no dot) as a string
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}: expected a number, got {value!r}") from None
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation in (int, float, str) and (not isinstance(value, annotation) or isinstance(value, bool)):
-        raise ConfigError(f"{where}: expected {annotation.__name__}, got {value!r}")
+        raise ConfigError(f"{where}: expected {'a number' if annotation is float else annotation.__name__}, "
+                          f"got {value!r}")
     return value
 
 
-def _build(cls: type, values: dict[str, Any], where: str) -> Any:
-    _check_keys(values, cls, where)
-    hints = typing.get_type_hints(cls)
-    clean = {}
-    for key, value in values.items():
-        if key == "lora":
-            if not isinstance(value, dict):
-                raise ConfigError(f"{where}: 'lora' must be a mapping of LoRA settings")
-            clean[key] = _build(LoraSettings, value, f"{where}: lora")
-        else:
-            clean[key] = _coerce(value, hints[key], f"{where}: {key}")
-    return cls(**clean)
+def _unknown(given: dict[str, Any], cls: type, where: str) -> list[str]:
+    known = [f.name for f in fields(cls)]
+    problems = []
+    for key in given:
+        if key not in known:
+            close = [ALIASES[key]] if ALIASES.get(key) in known else difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+            problems.append(f"{where}: unknown setting '{key}'{hint}")
+    return problems
+
+
+def build(cls: type, values: dict[str, Any], where: str) -> Any:
+    """`cls(**values)`, with unknown keys and invalid values reported together."""
+    problems = _unknown(values, cls, where)
+    if "lora" in values and not isinstance(values["lora"], (dict, LoraSettings)):
+        problems.append(f"{where}: 'lora' must be a mapping of LoRA settings")
+    known = {k: v for k, v in values.items() if k in {f.name for f in fields(cls)}}
+    try:
+        built = cls(**known)
+    except ConfigError as e:
+        problems += [p if p.startswith(where) else f"{where}: {p}" for p in e.problems]
+        built = None
+    if problems:
+        raise ConfigError(problems)
+    return built
 
 
 def load_config(path: str | Path | None = None, **overrides: Any) -> TrainConfig:
     """YAML file (optional) with CLI overrides on top. `None` overrides are ignored; `lora_r=8` sets lora.r."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    where = "config"
-    if path is not None:
-        where = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: config file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping of settings at the top level")
-        values = loaded
-    lora = dict(values.get("lora") or {})
+    values, where = _read_yaml(path) if path is not None else ({}, "config")
+    lora = dict(values.get("lora") or {}) if isinstance(values.get("lora", {}), dict) else values["lora"]
     for key, value in overrides.items():
         if value is None:
             continue
-        if key.startswith("lora_"):
+        if key.startswith("lora_") and isinstance(lora, dict):
             lora[key.removeprefix("lora_")] = value
         else:
             values[key] = value
     if lora:
         values["lora"] = lora
-    config = _build(TrainConfig, values, where)
-    validate(config)
-    return config
+    return build(TrainConfig, values, where)
 
 
-def validate(c: TrainConfig) -> None:
-    """Range checks a type cannot express."""
-    checks = [
-        (c.lr is None or c.lr > 0, "lr must be > 0"),
-        (c.epochs is None or c.epochs > 0, "epochs must be > 0"),
-        (c.max_steps is None or c.max_steps > 0, "max_steps must be > 0"),
-        (c.batch_size >= 1, "batch_size must be >= 1"),
-        (c.grad_accum >= 1, "grad_accum must be >= 1"),
-        (c.max_length >= 8, "max_length must be >= 8"),
-        (0 <= c.warmup < 1, "warmup is a share of the steps, in [0, 1)"),
-        (0 <= c.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
-        (0 <= c.replay < 1, "replay must be in [0, 1)"),
-        (c.grad_clip >= 0, "grad_clip must be >= 0 (0 disables it)"),
-        (c.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-        (c.lora.r >= 1, "lora.r must be >= 1"),
-        (0 <= c.lora.dropout < 1, "lora.dropout must be in [0, 1)"),
-        (c.eval_every is None or c.eval_every >= 1, "eval_every must be >= 1"),
-        (c.save_every is None or c.save_every >= 1, "save_every must be >= 1"),
-        (c.patience is None or c.patience >= 1, "patience must be >= 1"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(f"config: {message}")
-    if not c.data:
-        raise ConfigError("config: no training data given (DATA argument or 'data:' in the config file)")
+def _read_yaml(path: str | Path) -> tuple[dict[str, Any], str]:
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level")
+    return loaded, str(path)
+
+
+def resume_config(saved: TrainConfig, **overrides: Any) -> TrainConfig:
+    """The saved settings of a run with the overrides `--resume` allows; the others are refused, by name."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    refused = sorted(k for k, v in given.items()
+                     if k not in RESUMABLE and _current(saved, k) != v and k != "out")
+    if refused:
+        names = ", ".join(k.replace("_", "-") for k in refused)
+        raise ConfigError(f"--resume continues the run as it was set up; these settings cannot change mid-run: "
+                          f"{names} (resumable: {', '.join(k.replace('_', '-') for k in RESUMABLE)}); start a "
+                          "new run with --out to change them")
+    return replace(saved, **{k: v for k, v in given.items() if k in RESUMABLE})
+
+
+def _current(c: TrainConfig, key: str) -> Any:
+    if key.startswith("lora_"):
+        return getattr(c.lora, key.removeprefix("lora_"), None)
+    return getattr(c, key, None)
 
 
 def resolve_defaults(c: TrainConfig, n_examples: int, steps_per_epoch: int) -> TrainConfig:
@@ -207,6 +289,4 @@ def resolve_defaults(c: TrainConfig, n_examples: int, steps_per_epoch: int) -> T
 
 
 def dump_yaml(c: TrainConfig, path: str | Path) -> None:
-    import yaml
-
-    Path(path).write_text(yaml.safe_dump(c.to_dict(), sort_keys=False))
+    Path(path).write_text(c.to_yaml())

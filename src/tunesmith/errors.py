@@ -1,4 +1,8 @@
-"""User-facing errors. The CLI prints one line for each and exits 2; no traceback for a user mistake."""
+"""User-facing errors. The CLI prints one line for each and exits 2; no traceback for a user mistake.
+
+An error may carry several problems (every invalid row of a dataset, every bad setting of a config): all
+are collected before raising, the first 20 are shown and the rest counted.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,16 @@ class TunesmithError(Exception):
     """A mistake the user can fix: bad input, bad config, a missing file. Message says where, what, how."""
 
     exit_code = 2
+    shown = 20
+
+    def __init__(self, problems: str | list[str]):
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        head = self.problems[: self.shown]
+        more = len(self.problems) - len(head)
+        text = "\n".join(head)
+        if more > 0:
+            text += f"\n... and {more} more problem{'s' if more != 1 else ''}"
+        super().__init__(text)
 
 
 class ConfigError(TunesmithError):
@@ -27,14 +41,3 @@ class TrainingError(TunesmithError):
 
 class DataError(TunesmithError):
     """One or more problems in a dataset. `problems` holds every one, as 'file:line: field: message'."""
-
-    shown = 20
-
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        head = self.problems[: self.shown]
-        more = len(self.problems) - len(head)
-        text = "\n".join(head)
-        if more > 0:
-            text += f"\n... and {more} more problem{'s' if more != 1 else ''}"
-        super().__init__(text)

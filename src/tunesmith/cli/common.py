@@ -8,7 +8,7 @@ from typing import NoReturn
 from rich.console import Console
 from rich.markup import escape
 
-from tunesmith.errors import DataError, TunesmithError
+from tunesmith.errors import TunesmithError
 
 console = Console()
 console_err = Console(stderr=True)
@@ -16,7 +16,7 @@ console_err = Console(stderr=True)
 
 def fail(e: TunesmithError) -> NoReturn:
     """Print a user-facing error (one line, or the first 20 problems of a dataset) and exit."""
-    if isinstance(e, DataError) and len(e.problems) > 1:
+    if len(e.problems) > 1:
         console_err.print(f"[bold red]error:[/] {len(e.problems)} problems found", highlight=False)
         for line in str(e).splitlines():
             console_err.print(f"  {line}", highlight=False, markup=False, soft_wrap=True)

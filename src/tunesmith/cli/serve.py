@@ -111,7 +111,12 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback by default."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     api_key: str | None = typer.Option(None, "--api-key", envvar="TUNESMITH_API_KEY",
-                                       help="Require 'Authorization: Bearer KEY'; enables POST /v1/adapters."),
+                                       help="Require 'Authorization: Bearer KEY' for inference."),
+    admin_key: str | None = typer.Option(None, "--admin-key", envvar="TUNESMITH_ADMIN_KEY",
+                                         help="Enable adapter management (POST/DELETE /v1/adapters) for clients "
+                                         "that send this key; off without it."),
+    adapter_root: Path | None = typer.Option(None, "--adapter-root", help="The only folder adapters may be "
+                                             "loaded from at run time (needed with --admin-key)."),
     max_tokens_limit: int = typer.Option(512, "--max-tokens-limit", min=1, help="Largest max_tokens a request "
                                          "may ask for (and chat's default)."),
     max_prompt_tokens: int = typer.Option(4096, "--max-prompt-tokens", min=1, help="Longest prompt accepted."),
@@ -130,7 +135,8 @@ def serve(
 
     if threads:
         torch.set_num_threads(threads)
-    config = ServeConfig(host=host, port=port, api_key=api_key or None, max_body_bytes=max_body_bytes)
+    config = ServeConfig(host=host, port=port, api_key=api_key or None, admin_key=admin_key or None,
+                         adapter_root=adapter_root, max_body_bytes=max_body_bytes)
     limits_args = {"max_tokens": max_tokens_limit, "max_prompt_tokens": max_prompt_tokens,
                    "max_batch": max_batch, "max_queue": max_queue}
     engine = _engine(model, [_adapter_arg(a) for a in adapter], device, limits_args)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from tunesmith.cli.common import console, quiet_libraries
+from tunesmith.config import LoraSettings, TrainConfig
 
-HP = "Hyperparameters"
-LORA = "LoRA"
 RUN = "Run"
 
 
@@ -39,63 +41,66 @@ def _settings_table(config: Any, manifest: dict[str, Any]) -> None:
     console.print(t)
 
 
-def train_command(
-    data: str = typer.Argument(None, help="Training data (JSON, JSONL or CSV). Omit with --resume RUN."),
-    eval_data: str = typer.Option(None, "--eval", help="Eval data; default: hold out --eval-fraction.", rich_help_panel=RUN),
-    model: str = typer.Option(None, "--model", "-m", help="Built-in name, local folder or hub id [default: smollm2-135m].", rich_help_panel=RUN),
-    method: str = typer.Option(None, help="lora | full [default: lora].", rich_help_panel=RUN),
-    out: str = typer.Option(None, "--out", "-o", help="Run folder [default: runs/latest].", rich_help_panel=RUN),
-    config_file: Path = typer.Option(None, "--config", "-c", help="YAML settings; flags override it.", rich_help_panel=RUN),
-    resume: str = typer.Option(None, "--resume", help="Continue a run folder from its last checkpoint.", rich_help_panel=RUN),
-    force: bool = typer.Option(False, "--force", help="Replace an existing run folder.", rich_help_panel=RUN),
-    fmt: str = typer.Option(None, "--format", help="auto | prompt_completion | chat | alpaca.", rich_help_panel=RUN),
-    lr: float = typer.Option(None, help="Peak learning rate [default: 2e-4 LoRA, 2e-5 full].", rich_help_panel=HP),
-    epochs: float = typer.Option(None, help="Passes over the data [default: 3 under 1000 examples, else 2].", rich_help_panel=HP),
-    max_steps: int = typer.Option(None, help="Stop after N optimizer steps.", rich_help_panel=HP),
-    batch_size: int = typer.Option(None, help="Examples per micro-batch [default: 8].", rich_help_panel=HP),
-    grad_accum: int = typer.Option(None, help="Micro-batches per optimizer step [default: 1].", rich_help_panel=HP),
-    max_length: int = typer.Option(None, help="Max tokens per example [default: 1024].", rich_help_panel=HP),
-    warmup: float = typer.Option(None, help="Share of steps warming up [default: 0.05].", rich_help_panel=HP),
-    schedule: str = typer.Option(None, help="cosine | linear | constant.", rich_help_panel=HP),
-    weight_decay: float = typer.Option(None, help="AdamW weight decay [default: 0].", rich_help_panel=HP),
-    grad_clip: float = typer.Option(None, help="Max gradient norm, 0 = off [default: 1.0].", rich_help_panel=HP),
-    seed: int = typer.Option(None, help="Random seed [default: 0].", rich_help_panel=HP),
-    eval_every: int = typer.Option(None, help="Steps between evals [default: ~10 per run].", rich_help_panel=HP),
-    save_every: int = typer.Option(None, help="Steps between checkpoints [default: eval_every].", rich_help_panel=HP),
-    patience: int = typer.Option(None, help="Early stop after N evals without improvement.", rich_help_panel=HP),
-    lora_r: int = typer.Option(None, "--lora-r", help="LoRA rank [default: 16].", rich_help_panel=LORA),
-    lora_alpha: int = typer.Option(None, "--lora-alpha", help="LoRA alpha [default: 32].", rich_help_panel=LORA),
-    lora_dropout: float = typer.Option(None, "--lora-dropout", help="LoRA dropout [default: 0].", rich_help_panel=LORA),
-    lora_targets: str = typer.Option(None, "--lora-targets", help="all-linear, or names: q_proj,v_proj.", rich_help_panel=LORA),
-    rslora: bool = typer.Option(None, "--rslora/--no-rslora", help="Rank-stabilised LoRA scaling.", rich_help_panel=LORA),
-    dora: bool = typer.Option(None, "--dora/--no-dora", help="Weight-decomposed LoRA (DoRA).", rich_help_panel=LORA),
-    guard: bool = typer.Option(None, "--guard/--no-guard", help="Score a general-skills slice at each eval [default: on].", rich_help_panel=RUN),
-    guard_stop: bool = typer.Option(None, "--guard-stop/--no-guard-stop", help="Stop when the guard says fail.", rich_help_panel=RUN),
-    replay: float = typer.Option(None, help="Share of general replay examples mixed in [default: 0].", rich_help_panel=RUN),
-    device: str = typer.Option(None, help="auto | cpu | cuda [default: auto].", rich_help_panel=RUN),
-    threads: int = typer.Option(None, help="CPU threads [default: PyTorch's, or OMP_NUM_THREADS].", rich_help_panel=RUN),
-    allow_pickle: bool = typer.Option(None, "--allow-pickle", help="Allow non-safetensors weights (can run code).", rich_help_panel=RUN),
-    trust_remote_code: bool = typer.Option(None, "--trust-remote-code", help="Run code shipped with a hub model.", rich_help_panel=RUN),
-) -> None:
-    """Fine-tune a model (LoRA or full) on a dataset; writes a self-describing run folder."""
-    from tunesmith.config import load_config
-    from tunesmith.train.run import resume_config
-
-    targets = lora_targets.split(",") if lora_targets and lora_targets != "all-linear" else lora_targets
-    overrides = dict(
-        data=data, eval_data=eval_data, model=model, method=method, out=out, format=fmt, lr=lr,
-        epochs=epochs, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum,
-        max_length=max_length, warmup=warmup, schedule=schedule, weight_decay=weight_decay,
-        grad_clip=grad_clip, seed=seed, eval_every=eval_every, save_every=save_every, patience=patience,
-        lora_r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_target_modules=targets,
-        lora_use_rslora=rslora, lora_use_dora=dora, guard=guard, guard_stop=guard_stop, replay=replay,
-        device=device, threads=threads, allow_pickle=allow_pickle, trust_remote_code=trust_remote_code,
-    )
-    if resume:
-        config = resume_config(resume, **{k: v for k, v in overrides.items() if k in ("device", "threads")})
+def _option(f: dataclasses.Field, prefix: str = "") -> inspect.Parameter:
+    """A typer option for one config field: flag, type and help (with the default) from the field itself."""
+    hint = typing.get_type_hints(TrainConfig if not prefix else LoraSettings)[f.name]
+    if typing.get_origin(hint) is typing.Literal:
+        choices, kind = typing.get_args(hint), str
     else:
-        config = load_config(config_file, **overrides)
+        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+        choices, kind = (), {bool: bool, int: int, float: float}.get(args[0], str)
+    flag = f.metadata.get("flag") or "--" + (prefix + f.name).replace("_", "-")
+    safety = f.name in ("allow_pickle", "trust_remote_code")  # opt-in only: no --no- form to toggle in YAML
+    decls = [f"{flag}/--no-{flag[2:]}" if kind is bool and not safety else flag]
+    decls += {"model": ["-m"], "out": ["-o"]}.get(f.name, [])
+    default = f.default if f.default is not dataclasses.MISSING else None
+    text = f.metadata["help"]
+    if choices:
+        text += f": {' | '.join(choices)}"
+    if default not in (None, "") and kind is not bool:
+        text += f" \\[default: {default}]"  # escaped: rich would read [default: ...] as markup
+    elif kind is bool and not safety:
+        text += f" \\[default: {'on' if default else 'off'}]"
+    option = typer.Option(None, *decls, help=text + "", rich_help_panel=f.metadata["panel"], show_default=False)
+    return inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
+                             annotation=kind | None)
+
+
+def _train_parameters() -> list[inspect.Parameter]:
+    data = inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str | None,
+                             default=typer.Argument(None, help="Training data (JSON, JSONL or CSV). Omit with "
+                                                    "--resume RUN."))
+    run = [
+        inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
+                          default=typer.Option(None, "--config", "-c", help="YAML settings; flags override it.",
+                                               rich_help_panel=RUN)),
+        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
+                          default=typer.Option(None, "--resume", help="Continue a run folder from its last "
+                                               "checkpoint (with more --max-steps/--epochs if you like).",
+                                               rich_help_panel=RUN)),
+        inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
+                          default=typer.Option(False, "--force", help="Replace an existing run folder.",
+                                               rich_help_panel=RUN)),
+    ]
+    fields_ = [_option(f) for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "lora")]
+    lora = [_option(f, "lora_") for f in dataclasses.fields(LoraSettings)]
+    return [data, *run, *fields_, *lora]
+
+
+def train_command(data: str | None = None, *, config_file: Path | None = None, resume: str | None = None,
+                  force: bool = False, **settings: Any) -> None:
+    """Fine-tune a model (LoRA or full) on a dataset; writes a self-describing run folder."""
+    from tunesmith.api import load_train_config
+
+    targets = settings.get("lora_target_modules")
+    if targets and targets != "all-linear":
+        settings["lora_target_modules"] = [t.strip() for t in targets.split(",") if t.strip()]
+    config = load_train_config(config_file, resume=resume, data=data, **settings)
     _run_training(config, resume=bool(resume), force=force)
+
+
+train_command.__signature__ = inspect.Signature(_train_parameters())  # type: ignore[attr-defined]
+train_command.__annotations__ = {p.name: p.annotation for p in _train_parameters()}
 
 
 def _run_training(config: Any, *, resume: bool, force: bool) -> None:
@@ -131,9 +136,10 @@ def _run_training(config: Any, *, resume: bool, force: bool) -> None:
                                + (f"  (stop: {r['early_stop']})" if "early_stop" in r else ""), highlight=False)
 
     try:
-        result = fine_tune(config, resume=resume, force=force, hooks=Hooks(on_step, on_eval), on_start=on_start)
+        result = fine_tune(config, resume=resume, force=force, hooks=Hooks(on_start, on_step, on_eval))
     finally:
-        progress.stop()
+        if "id" in task:  # a run that failed before it started has no bar to close (and prints no blank line)
+            progress.stop()
     size = result.output_bytes / 1e6
     best = f", best eval loss {result.state.best_eval_loss:.4f}" if result.state.best_eval_loss else ""
     console.print(f"[green]done[/]: {result.state.step} steps{best}; exported step {result.exported_step} "

@@ -53,6 +53,17 @@ class _Record:
     error: str | None = None  # "field: message" when the record could not be parsed
 
 
+def file_sha256(path: str | Path) -> str:
+    """'sha256:<hex>' of a file's bytes (run manifests and prepare reports record their inputs by it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
 def load_examples(path: str | Path, fmt: Format = "auto") -> list[Example]:
     """Every example of a file; raises `DataError` listing every problem as `file:line: field: msg`."""
     return load_dataset(path, fmt).examples

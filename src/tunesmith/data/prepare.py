@@ -8,7 +8,6 @@ The input file is only read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -19,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith import __version__
 from tunesmith.data import similarity
-from tunesmith.data.formats import Dataset, Example
+from tunesmith.data.formats import Dataset, Example, file_sha256
 from tunesmith.data.quality import build_report
 from tunesmith.errors import ConfigError, TunesmithError
 
@@ -130,7 +129,7 @@ def prepare(
     report = {
         "tunesmith_version": __version__,
         "input": {"path": data.path, "format": data.format, "count": len(data.examples),
-                  "sha256": _sha256(Path(data.path))},
+                  "sha256": file_sha256(Path(data.path))},
         "settings": {"eval_fraction": config.eval_fraction, "seed": config.seed, "dedup": config.dedup},
         "output": {"format": "chat", "train": _file_entry(folder / "train.jsonl", train),
                    "eval": _file_entry(folder / "eval.jsonl", evals) if evals else None},
@@ -166,9 +165,4 @@ def _write_text(path: Path, text: str) -> Path:
 
 
 def _file_entry(path: Path, examples: Sequence[Example]) -> dict[str, Any]:
-    return {"path": path.name, "count": len(examples), "sha256": _sha256(path)}
-
-
-def _sha256(path: Path) -> str:
-    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
-
+    return {"path": path.name, "count": len(examples), "sha256": file_sha256(path)}

@@ -6,10 +6,8 @@ Each function returns PNG bytes, or None when there is nothing to draw.
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -24,21 +22,6 @@ def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     return buf.getvalue()
-
-
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """Records of a run's metrics.jsonl that carry a step (unreadable lines are skipped)."""
-    records = []
-    if not path.is_file():
-        return records
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("step"), (int, float)):
-            records.append(rec)
-    return records
 
 
 def _series(records: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:

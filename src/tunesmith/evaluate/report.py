@@ -186,29 +186,30 @@ def to_html(doc: Sequence[Block], figures: dict[str, bytes]) -> str:
 
 def run_info(run_dir: Path | None) -> dict[str, Any]:
     """What the run folder says about its data and config (empty when there is no run folder)."""
+    from tunesmith.errors import TunesmithError
+    from tunesmith.runfolder import RunFolder
+
     if run_dir is None:
         return {}
-    info: dict[str, Any] = {}
-    with contextlib.suppress(OSError, json.JSONDecodeError):
-        info["data"] = json.loads((run_dir / "manifest.json").read_text()).get("data")
-    config = run_dir / "config.yaml"
-    if config.is_file():
-        info["config"] = config.read_text(encoding="utf-8")
-    info["quality"] = data_quality(run_dir / "data" / "train.jsonl", run_dir / "data" / "eval.jsonl")
+    run, info = RunFolder(run_dir), {}
+    with contextlib.suppress(TunesmithError):
+        info["data"] = run.manifest().get("data")
+    with contextlib.suppress(TunesmithError):
+        info["config"] = run.config().to_yaml()
+    train_file = run.data_file("train")
+    info["quality"] = data_quality(train_file, run.data_file("eval")) if train_file else None
     return info
 
 
-def data_quality(train: Path, eval_file: Path) -> dict[str, Any] | None:
+def data_quality(train: Path, eval_file: Path | None) -> dict[str, Any] | None:
     """`tunesmith data check`'s verdict on the training data the run stored (leakage into eval included)."""
     from tunesmith.data.formats import load_dataset
     from tunesmith.data.quality import build_report
     from tunesmith.errors import DataError
 
-    if not train.is_file():
-        return None
     try:
         report = build_report(load_dataset(train), None,
-                              eval_data=load_dataset(eval_file) if eval_file.is_file() else None)
+                              eval_data=load_dataset(eval_file) if eval_file is not None else None)
     except DataError as e:
         return {"level": "problems", "problems": [f"unreadable: {e.problems[0]}"], "warnings": [], "examples": 0}
     v = report.verdict
@@ -217,10 +218,12 @@ def data_quality(train: Path, eval_file: Path) -> dict[str, Any] | None:
 
 def write(report: dict[str, Any], out: Path, run_dir: Path | None = None) -> dict[str, Path]:
     """Write report.json, report.md, report.html and the figures' PNGs into `out`; return their paths."""
+    from tunesmith.runfolder import RunFolder
+
     out.mkdir(parents=True, exist_ok=True)
     report["run"] = run_info(run_dir)
     drawn = {
-        "curves": plots.curves(plots.read_metrics(run_dir / "metrics.jsonl")) if run_dir else None,
+        "curves": plots.curves(RunFolder(run_dir).metrics()) if run_dir else None,
         "suite": plots.suite_deltas(report["suite"]),
         "target": plots.target_bars(report["target_task"]["metrics"]) if report.get("target_task") else None,
     }

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from tunesmith.model.adapters import Target
+    from tunesmith.runfolder import RunFolder
 
 Progress = Callable[[str], None]
 
@@ -56,36 +57,40 @@ class Contender:
     use: Callable[[], AbstractContextManager[PreTrainedModel]]
 
 
-def run_dir_of(opts: EvalOptions) -> Path | None:
-    from tunesmith.model.adapters import is_run_dir
+def run_of(opts: EvalOptions) -> RunFolder | None:
+    """The run folder being evaluated, if the target is one."""
+    from tunesmith.runfolder import RunFolder, is_run
 
-    path = Path(opts.target)
-    return path if is_run_dir(path) else None
+    return RunFolder.open(opts.target) if is_run(opts.target) else None
+
+
+def run_dir_of(opts: EvalOptions) -> Path | None:
+    run = run_of(opts)
+    return run.path if run is not None else None
 
 
 def out_dir(opts: EvalOptions, label: str) -> Path:
     if opts.out:
         return Path(opts.out)
-    run = run_dir_of(opts)
-    return run / "eval" if run is not None else Path("eval") / label.replace("/", "_")
+    run = run_of(opts)
+    return run.eval_dir if run is not None else Path("eval") / label.replace("/", "_")
 
 
 def default_data(opts: EvalOptions) -> str | None:
-    run = run_dir_of(opts)
-    if opts.data is None and run is not None and (run / "data" / "eval.jsonl").is_file():
-        return str(run / "data" / "eval.jsonl")
+    run = run_of(opts)
+    if opts.data is None and run is not None and (held_out := run.data_file("eval")) is not None:
+        return str(held_out)
     return opts.data
 
 
 def max_length(opts: EvalOptions) -> int:
     """--max-length, else the run's training setting (so eval loss matches training's), else 1024."""
-    import yaml
+    from tunesmith.errors import RunError
 
-    run = run_dir_of(opts)
-    if opts.max_length is None and run is not None and (run / "config.yaml").is_file():
-        config = yaml.safe_load((run / "config.yaml").read_text()) or {}
-        if isinstance(config.get("max_length"), int):
-            return int(config["max_length"])
+    run = run_of(opts)
+    if opts.max_length is None and run is not None:
+        with suppress(RunError):  # a run folder without its config.yaml: the default
+            return run.config().max_length
     return opts.max_length or 1024
 
 
@@ -103,9 +108,8 @@ def open_contenders(opts: EvalOptions) -> tuple[Contender, Contender | None]:
     target = resolve_target(opts.target, opts.adapter)
     model, tokenizer = load_for_inference(target, device=device)
     tuned = Contender(target.label, _source(target), tokenizer, lambda: nullcontext(model))
-    base_name = opts.base or _manifest_base(opts, target)
-    if base_name is not None:
-        base_target = resolve_target(base_name)
+    base_target = resolve_target(opts.base) if opts.base else _manifest_base(opts, target)
+    if base_target is not None:
         base_model, base_tok = load_for_inference(base_target, device=device)
         return tuned, Contender(base_target.label, _source(base_target), base_tok, lambda: nullcontext(base_model))
     if target.adapter is not None:
@@ -113,14 +117,15 @@ def open_contenders(opts: EvalOptions) -> tuple[Contender, Contender | None]:
     return tuned, None
 
 
-def _manifest_base(opts: EvalOptions, target: Target) -> str | None:
-    """A full fine-tune's base model, from its manifest (a LoRA run's base is the adapter switched off)."""
-    from tunesmith.model.adapters import read_manifest
+def _manifest_base(opts: EvalOptions, target: Target) -> Target | None:
+    """A full fine-tune's base model, found by the run's record (a LoRA run's base is the adapter switched off)."""
+    from tunesmith.model.adapters import Target
 
-    run = run_dir_of(opts)
+    run = run_of(opts)
     if run is None or target.adapter is not None:
         return None
-    return str(read_manifest(run)["base_model"]["name"])
+    base = run.base()
+    return Target(base, None, base.name)
 
 
 @contextmanager

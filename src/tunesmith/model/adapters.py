@@ -1,8 +1,8 @@
 """Find what a name points at (base model, run folder, adapter folder) and load it for inference.
 
 Layouts understood:
-- a run folder written by `tunesmith train`: `manifest.json` names the base model; LoRA runs keep the
-  adapter in `RUN/adapter/` (PEFT layout), full runs keep a complete model in `RUN/model/`;
+- a run folder written by `tunesmith train` (read through `tunesmith.runfolder`): a LoRA run is its base
+  plus `RUN/adapter/` (PEFT layout), a full run the complete model in `RUN/model/`;
 - an adapter folder in the PEFT layout (`adapter_config.json` + `adapter_model.safetensors`);
 - anything `loading.resolve` accepts (built-in name, local model folder, hub id).
 """
@@ -10,9 +10,10 @@ Layouts understood:
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tunesmith.errors import ModelError
 from tunesmith.model.loading import ModelRef, load_model, load_tokenizer, resolve
@@ -21,9 +22,10 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-MANIFEST = "manifest.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+# How adapters are named wherever a name is chosen (serving names, run labels): safe in URLs and file names.
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][\w.:\-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -33,24 +35,11 @@ class Target:
     model: ModelRef  # full weights (base model, or a full fine-tune's output)
     adapter: Path | None  # PEFT adapter folder, or None
     label: str  # how to call it in reports and the server
-
-
-def is_run_dir(path: Path) -> bool:
-    return (path / MANIFEST).is_file()
+    run: Path | None = None  # the run folder it came from, if any
 
 
 def is_adapter_dir(path: Path) -> bool:
     return (path / ADAPTER_CONFIG).is_file()
-
-
-def read_manifest(run_dir: str | Path) -> dict[str, Any]:
-    path = Path(run_dir) / MANIFEST
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ModelError(f"{run_dir}: not a tunesmith run folder (no {MANIFEST})") from None
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{path}: unreadable manifest ({e})") from None
 
 
 def adapter_base(adapter_dir: Path) -> str:
@@ -63,27 +52,35 @@ def adapter_base(adapter_dir: Path) -> str:
 
 
 def resolve_target(name: str | Path | None, adapter: str | Path | None = None) -> Target:
-    """Resolve `MODEL|RUN_DIR|ADAPTER_DIR [--adapter A]` to weights plus an optional adapter."""
+    """Resolve `MODEL|RUN_DIR|ADAPTER_DIR [--adapter A]` to weights plus an optional adapter.
+
+    A run folder's base comes from its manifest (recorded identity, fingerprint checked); with `--adapter`
+    a plain model is the base, so a base that moved can be named by hand.
+    """
+    from tunesmith.runfolder import RunFolder, is_run
+
     path = Path(str(name)) if name is not None else None
-    if path is not None and is_run_dir(path):
-        manifest = read_manifest(path)
-        if manifest.get("method") == "full":
+    if path is not None and is_run(path):
+        run = RunFolder.open(path)
+        if run.method == "full":
             if adapter is not None:
                 raise ModelError(f"{path}: a full fine-tune has no adapter slot; drop --adapter")
-            model_dir = path / "model"
-            if not (model_dir / "config.json").is_file():
-                raise ModelError(f"{path}: run has no final model yet (train it to the end, or merge)")
-            return Target(resolve(str(model_dir)), None, label=path.name)
-        base = resolve(manifest["base_model"]["name"])
-        adapter_dir = Path(adapter) if adapter is not None else path / "adapter"
+            out = run.output()
+            return Target(resolve(str(out)), None, label=path.name, run=path)
+        adapter_dir = Path(adapter) if adapter is not None else run.output()
         _check_adapter(adapter_dir)
-        return Target(base, adapter_dir, label=path.name)
+        return Target(run.base(), adapter_dir, label=path.name, run=path)
     if path is not None and is_adapter_dir(path):
+        if is_run(path.parent) and path.resolve() == RunFolder(path.parent).output().resolve():
+            return Target(RunFolder.open(path.parent).base(), path, label=path.parent.name, run=path.parent)
         return Target(resolve(adapter_base(path)), path, label=path.name)
     ref = resolve(None if name is None else str(name))
     if adapter is not None:
-        _check_adapter(Path(adapter))
-        return Target(ref, Path(adapter), label=Path(adapter).name)
+        adapter_path = Path(adapter)
+        if is_run(adapter_path):  # --adapter RUN_DIR: the run's adapter, on the model given
+            adapter_path = RunFolder.open(adapter_path).output()
+        _check_adapter(adapter_path)
+        return Target(ref, adapter_path, label=Path(adapter).name)
     return Target(ref, None, label=ref.name)
 
 

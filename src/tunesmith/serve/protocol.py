@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from tunesmith.errors import TunesmithError
+from tunesmith.model.adapters import ADAPTER_NAME
 
 
 class ApiError(TunesmithError):
@@ -107,8 +108,8 @@ class CompletionRequest(_Generation):
 
 
 class AdapterRequest(_Request):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][\w.:\-]{0,63}$")]
-    path: str
+    name: Annotated[str, Field(pattern=ADAPTER_NAME.pattern)]
+    path: Annotated[str, Field(min_length=1, max_length=4096)]  # relative to the server's adapter root
 
 
 def parse(schema: type[_Request], body: bytes) -> Any:

@@ -98,6 +98,11 @@ def pointed(folder: Path, pointer: str) -> Path | None:
     return path if (path / STATE).is_file() else None
 
 
+def read_state(path: Path) -> TrainState:
+    """Where a checkpoint stands, without loading its weights."""
+    return TrainState(**json.loads((path / STATE).read_text()))
+
+
 def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
          scheduler: Any = None) -> TrainState:
     """Restore weights (and, when given, optimizer, scheduler and RNG) from a checkpoint folder."""
@@ -117,7 +122,7 @@ def load(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None =
         torch.set_rng_state(trainer["rng"]["cpu"])
         if "cuda" in trainer["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
-    return TrainState(**json.loads((path / STATE).read_text()))
+    return read_state(path)
 
 
 def prune(folder: Path, keep: int) -> None:

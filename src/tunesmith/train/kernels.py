@@ -43,12 +43,18 @@ def _is_silu(act: nn.Module) -> bool:
     return isinstance(act, nn.SiLU) or type(act).__name__ in ("SiLUActivation", "SiLU")
 
 
-def fuse_gated_mlps(model: nn.Module) -> int:
-    """Use `silu_mul` in every Llama-style gated MLP (gate_proj, up_proj, down_proj, SiLU); return how many."""
-    n = 0
+def fuse_gated_mlps(model: nn.Module) -> list[nn.Module]:
+    """Use `silu_mul` in every Llama-style gated MLP (gate_proj, up_proj, down_proj, SiLU); return them."""
+    fused = []
     for module in model.modules():
         parts = [getattr(module, a, None) for a in ("gate_proj", "up_proj", "down_proj", "act_fn")]
         if all(p is not None for p in parts) and _is_silu(parts[3]):
             module.forward = types.MethodType(_gated_mlp_forward, module)
-            n += 1
-    return n
+            fused.append(module)
+    return fused
+
+
+def unfuse(modules: list[nn.Module]) -> None:
+    """Give the modules `fuse_gated_mlps` changed their own forward back."""
+    for module in modules:
+        vars(module).pop("forward", None)

@@ -36,8 +36,11 @@ class Guard(Protocol):
 
 @dataclass
 class Hooks:
-    """What a caller may watch: every step, every evaluation. Both receive the logged record."""
+    """What a caller may watch: the start (resolved config and manifest), every step, every evaluation.
 
+    `on_step` and `on_eval` receive the logged record."""
+
+    on_start: Callable[[Any, dict[str, Any]], None] | None = None
     on_step: Callable[[dict[str, Any]], None] | None = None
     on_eval: Callable[[dict[str, Any]], None] | None = None
 
@@ -93,7 +96,7 @@ def eval_loss(loss_fn: CompletionLoss, data: Sequence[Encoded], *, pad_id: int, 
     for start in range(0, len(order), batch_size):
         batch = collate([data[i] for i in order[start : start + batch_size]], pad_id).to(device)
         with autocast(device):
-            loss_sum, count = loss_fn(batch.input_ids, batch.labels)
+            loss_sum, count = loss_fn(batch.input_ids, batch.labels, batch.attention_mask)
         total += float(loss_sum)
         n += int(count)
     model.train(was_training)
@@ -128,7 +131,7 @@ def run_loop(
                 if d.enabled and k < len(mine) - 1:
                     sync = loss_fn.no_sync()  # all-reduce gradients once, on the last micro-batch
                 with sync, autocast(spec.device):
-                    loss_sum, _ = loss_fn(batch.input_ids, batch.labels)
+                    loss_sum, _ = loss_fn(batch.input_ids, batch.labels, batch.attention_mask)
                     # DDP averages gradients over ranks; scale so the result is the mean over all targets.
                     (loss_sum * d.world / max(step_targets, 1)).backward()
                 loss_total += loss_sum.detach()
@@ -142,6 +145,12 @@ def run_loop(
                     f"(--lr) or check the data; resume from the last checkpoint with --resume"
                 )
             grad_norm = _clip(params, spec.grad_clip)
+            if not math.isfinite(grad_norm):  # an inf/nan gradient would poison the weights at this step
+                raise TrainingError(
+                    f"step {state.step + 1}: gradient norm is {grad_norm} (loss {loss:.4f}); training stopped "
+                    "before the update. Lower the learning rate (--lr) or check the data; resume from the last "
+                    "checkpoint with --resume"
+                )
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
             scheduler.step()

@@ -8,7 +8,9 @@ exist at once. A probe at start-up checks the path equals the model's own logits
 logits (e.g. soft-capping) fall back to the full forward pass.
 
 Batches are right-padded and attention is causal, so no real token can see a pad token: the decoder runs
-without an attention mask, which lets SDPA take its fused causal kernel (and native GQA).
+without an attention mask, which lets SDPA take its fused causal kernel (and native GQA). Both shortcuts are
+checked against the model's own forward at start-up (`tunesmith.train.fastpath`) and switched off when
+they differ.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from tunesmith.data.tokenize import IGNORE
 
 log = logging.getLogger(__name__)
 
-HEAD_CHUNK = 256  # rows of (N, V) logits alive at once
+HEAD_CHUNK = 256  # rows of (N, V) logits alive at once (the planner costs the same number)
 
 
 class _HeadCrossEntropy(torch.autograd.Function):
@@ -75,44 +77,45 @@ class CompletionLoss(nn.Module):
     """forward(batch tensors) -> (summed cross-entropy over supervised targets, number of targets).
 
     Wrapping the model in a module makes the loss the unit that DDP wraps, so gradient sync follows it.
+    Two shortcuts, on unless `check_fast_paths` found them wrong for this model: `head_on_targets_only`
+    (LM head on supervised rows, fused with the loss) and `mask_free` (no attention mask on right-padded rows).
     """
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
         self.head_on_targets_only = True
+        self.mask_free = True
 
-    def _hidden(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.get_decoder()(input_ids=input_ids).last_hidden_state  # (B, T, C)
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        mask = None if self.mask_free else attention_mask
+        return self.model.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, C)
 
-    def forward(self, input_ids: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         targets = labels[:, 1:]  # position t predicts token t+1
         sel = targets != IGNORE  # (B, T-1)
         if self.head_on_targets_only:
             head = self.model.get_output_embeddings()
-            h = self._hidden(input_ids)[:, :-1][sel]  # (N, C)
+            h = self._hidden(input_ids, attention_mask)[:, :-1][sel]  # (N, C)
             loss = head_cross_entropy(h, head.weight, targets[sel])
         else:
-            logits = self.model(input_ids=input_ids).logits[:, :-1][sel]  # (N, V)
+            mask = None if self.mask_free else attention_mask
+            logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1][sel]  # (N, V)
             loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
         return loss, sel.sum()
 
-    @torch.no_grad()
-    def check_fast_path(self, input_ids: torch.Tensor) -> bool:
-        """Use the head-on-targets path only if it reproduces the model's logits on a probe batch."""
-        was_training = self.model.training
-        self.model.eval()
+    def head_matches(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, atol: float) -> bool:
+        """Whether the LM head applied to the decoder's output reproduces the model's own logits."""
+        head = self.model.get_output_embeddings()
+        if getattr(head, "bias", None) is not None or not isinstance(head, nn.Linear):
+            return False
         try:
-            head = self.model.get_output_embeddings()
-            ok = getattr(head, "bias", None) is None and isinstance(head, nn.Linear)
-            if ok:
-                fast = head(self._hidden(input_ids))
-                full = self.model(input_ids=input_ids).logits
-                ok = torch.allclose(fast.float(), full.float(), atol=1e-3, rtol=1e-3)
+            fast = head(self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask)
+                        .last_hidden_state)
         except (AttributeError, NotImplementedError, TypeError) as e:
-            log.info("LM-head-on-targets path unavailable (%s); using the full forward", e)
-            ok = False
-        finally:
-            self.model.train(was_training)
-        self.head_on_targets_only = bool(ok)
-        return self.head_on_targets_only
+            log.info("LM-head-on-targets path unavailable (%s)", e)
+            return False
+        full = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        return torch.allclose(fast.float(), full.float(), atol=atol, rtol=atol)

@@ -1,18 +1,20 @@
-"""Training data for a run: load, split off eval, mix in replay examples, tokenize, drop empty rows."""
+"""Training data for a run: load, split off eval, mix in replay examples, tokenize, drop empty rows.
+
+The eval split is `tunesmith.data.prepare.split`, the same one `tunesmith data prepare` writes: examples that
+share a prompt or nearly duplicate each other stay on one side, so the eval set never asks what training
+answered.
+"""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import TrainConfig
-from tunesmith.data.formats import load_examples
+from tunesmith.data.formats import file_sha256, load_examples
+from tunesmith.data.prepare import split
 from tunesmith.data.tokenize import Encoded, encode
 from tunesmith.train.batching import count_targets
 
@@ -21,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict[str, str]]
+Messages = list[dict[str, Any]]
 MIN_FOR_SPLIT = 10  # below this many examples, no eval split is held out
 
 
@@ -32,25 +34,6 @@ class RunData:
     train: list[Encoded]
     eval: list[Encoded]
     info: dict[str, Any] = field(default_factory=dict)  # goes into the manifest
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def split(messages: list[Messages], fraction: float, seed: int) -> tuple[list[Messages], list[Messages]]:
-    """Deterministic hold-out: the same seed and data always give the same eval set."""
-    if fraction <= 0 or len(messages) < MIN_FOR_SPLIT:
-        return messages, []
-    order = list(range(len(messages)))
-    random.Random(seed).shuffle(order)
-    k = max(1, round(fraction * len(messages)))
-    held = set(order[:k])
-    return [m for i, m in enumerate(messages) if i not in held], [messages[i] for i in sorted(held)]
 
 
 def _encode_all(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Messages], max_length: int):
@@ -67,14 +50,19 @@ def _encode_all(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Messages], ma
 def prepare(
     config: TrainConfig, tokenizer: PreTrainedTokenizerBase, replay: Sequence[Messages] = ()
 ) -> RunData:
-    train_rows = [e.messages for e in load_examples(config.data, config.format)]
+    examples = load_examples(config.data, config.format)
     info: dict[str, Any] = {"train": {"path": str(config.data), "sha256": file_sha256(config.data)}}
     if config.eval_data:
         eval_rows = [e.messages for e in load_examples(config.eval_data, config.format)]
         info["eval"] = {"path": str(config.eval_data), "sha256": file_sha256(config.eval_data)}
+        train_rows = [e.messages for e in examples]
     else:
-        train_rows, eval_rows = split(train_rows, config.eval_fraction, config.seed)
-        info["eval"] = {"held_out_from_train": len(eval_rows), "fraction": config.eval_fraction}
+        held: list = []
+        if config.eval_fraction > 0 and len(examples) >= MIN_FOR_SPLIT:
+            examples, held = split(examples, config.eval_fraction, config.seed)
+        train_rows, eval_rows = [e.messages for e in examples], [e.messages for e in held]
+        info["eval"] = {"held_out_from_train": len(eval_rows), "fraction": config.eval_fraction,
+                        "split": "by prompt and near-duplicate group"}
     train_rows = train_rows + list(replay)
     train, dropped_train = _encode_all(tokenizer, train_rows, config.max_length)
     evals, dropped_eval = _encode_all(tokenizer, eval_rows, config.max_length)
@@ -91,10 +79,3 @@ def prepare(
         log.warning("%d examples dropped: their reply starts beyond max_length=%d",
                     dropped_train + dropped_eval, config.max_length)
     return RunData(train_rows, eval_rows, train, evals, info)
-
-
-def write_jsonl(path: Path, rows: Sequence[Messages]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        for messages in rows:
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")

@@ -1,0 +1,105 @@
+"""Every fast path is checked once, at start-up, against the model's own forward; a mismatch falls back.
+
+The trainer takes three shortcuts that are exact for Llama-shaped models but could be wrong for another
+architecture (a bias on the LM head, logit soft-capping, a non-causal or sliding-window mask, an MLP that
+is not plain SwiGLU):
+- `fused_mlp`: silu(gate) * up with SiLU recomputed in backward (tunesmith.train.kernels);
+- `mask_free`: right-padded rows without an attention mask, so SDPA takes its fused causal kernel;
+- `head_on_targets`: the LM head only on supervised rows, fused with the cross-entropy.
+Each is compared with the plain path on a small probe batch (two rows of different lengths): logits on
+real tokens, and for the fused MLP also the gradients. The result goes to the log and the run manifest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+
+from tunesmith.data.tokenize import Encoded
+from tunesmith.train.batching import collate
+from tunesmith.train.kernels import fuse_gated_mlps, unfuse
+from tunesmith.train.loss import CompletionLoss
+
+log = logging.getLogger(__name__)
+
+PROBE_TOKENS = 32  # per probe row: enough to exercise padding and attention, cheap on a 7B model
+
+
+def _probe(examples: Sequence[Encoded], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two rows of different lengths, right-padded: (input_ids, attention_mask)."""
+    rows = sorted(examples[:8], key=lambda e: len(e.input_ids))
+    picked = [rows[0], rows[-1]] if len(rows) > 1 else rows[:1]
+    short = [Encoded(e.input_ids[:PROBE_TOKENS], e.labels[:PROBE_TOKENS], 0, 0, True) for e in picked]
+    if len(short) > 1 and len(short[0].input_ids) == len(short[1].input_ids) > 2:  # force some padding
+        e = short[0]
+        short[0] = Encoded(e.input_ids[:-2], e.labels[:-2], 0, 0, True)
+    batch = collate(short, pad_id).to(device)
+    return batch.input_ids, batch.attention_mask
+
+
+def _logits(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    return model(input_ids=ids, attention_mask=mask).logits.float()
+
+
+def _tolerance(model: torch.nn.Module) -> float:
+    """fp32 paths agree to ~1e-5 relative; bf16 weights round at ~1e-2."""
+    dtype = next(model.parameters()).dtype
+    return 1e-3 if dtype == torch.float32 else 5e-2
+
+
+def _same(a: torch.Tensor, b: torch.Tensor, tol: float) -> tuple[bool, float]:
+    diff = float((a - b).abs().max()) if a.numel() else 0.0
+    scale = max(float(b.abs().max()), 1.0) if b.numel() else 1.0
+    return diff <= tol * scale, diff
+
+
+def _grads(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
+    """Gradients of a fixed random projection of the logits on real tokens, w.r.t. the trainable weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    out = (_logits(model, ids, mask) * weights)[mask.bool()].sum()
+    return [g.float() for g in torch.autograd.grad(out, params, allow_unused=True) if g is not None]
+
+
+def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_id: int, device: str) -> dict[str, bool]:
+    """Switch on each shortcut that reproduces the plain path on a probe batch; return what is on."""
+    model = loss_fn.model
+    was_training = model.training
+    model.eval()  # dropout off: both paths must see the same function
+    try:
+        ids, mask = _probe(examples, pad_id, device)
+        tol, real = _tolerance(model), mask.bool()
+        with torch.no_grad():
+            reference = _logits(model, ids, mask)
+            ok, diff = _same(_logits(model, ids, None)[real], reference[real], tol)
+        loss_fn.mask_free = _report("mask_free", ok, diff)
+
+        weights = torch.randn(reference.shape, generator=torch.Generator().manual_seed(0)).to(reference.device)
+        plain = _grads(model, ids, mask, weights)
+        fused = fuse_gated_mlps(model)
+        if fused:
+            with torch.no_grad():
+                ok, diff = _same(_logits(model, ids, mask)[real], reference[real], tol)
+            grads = _grads(model, ids, mask, weights)
+            for g, p in zip(grads, plain, strict=True):
+                same, d = _same(g, p, tol)
+                ok, diff = ok and same, max(diff, d)
+            if not _report("fused_mlp", ok, diff):
+                unfuse(fused)
+        with torch.no_grad():
+            loss_fn.head_on_targets_only = _report("head_on_targets", loss_fn.head_matches(ids, mask, tol), 0.0)
+    finally:
+        model.train(was_training)
+        model.zero_grad(set_to_none=True)
+    return {"mask_free": loss_fn.mask_free, "fused_mlp": bool(fused) and "forward" in vars(fused[0]),
+            "head_on_targets": loss_fn.head_on_targets_only}
+
+
+def _report(name: str, ok: bool, diff: float) -> bool:
+    if ok:
+        log.info("fast path %s: on (max difference %.2e)", name, diff)
+    else:
+        log.warning("fast path %s: differs from the model's own forward (max difference %.2e); using the plain "
+                    "path", name, diff)
+    return ok

@@ -1,0 +1,113 @@
+"""Each fast path is checked against the model's own forward at start-up; a planted mismatch falls back."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tunesmith.data.tokenize import encode
+from tunesmith.errors import TrainingError
+from tunesmith.model.loading import load_model
+from tunesmith.train import kernels
+from tunesmith.train.fastpath import check_fast_paths
+from tunesmith.train.loss import CompletionLoss
+
+ALL_ON = {"mask_free": True, "fused_mlp": True, "head_on_targets": True}
+
+
+def _examples(tokenizer):
+    rows = [("What is 2 + 2?", "It is 4."), ("Where is my order? I ordered it a week ago.", "Track it online.")]
+    return [encode(tokenizer, [{"role": "user", "content": q}, {"role": "assistant", "content": a}]) for q, a in rows]
+
+
+def _check(model, tokenizer):
+    loss_fn = CompletionLoss(model)
+    return loss_fn, check_fast_paths(loss_fn, _examples(tokenizer), tokenizer.pad_token_id, "cpu")
+
+
+def test_every_fast_path_is_exact_on_a_llama(tiny_model_dir, tiny_tokenizer):
+    _, paths = _check(load_model(str(tiny_model_dir)), tiny_tokenizer)
+    assert paths == ALL_ON
+
+
+def test_planted_mlp_mismatch_falls_back_to_the_models_own_mlp(tiny_model_dir, tiny_tokenizer, monkeypatch, caplog):
+    def wrong(self, x):  # right shape, slightly wrong values: what a non-SwiGLU MLP would give
+        return self.down_proj(kernels.silu_mul(self.gate_proj(x), self.up_proj(x)) * 1.01)
+
+    monkeypatch.setattr(kernels, "_gated_mlp_forward", wrong)
+    model = load_model(str(tiny_model_dir))
+    _, paths = _check(model, tiny_tokenizer)
+    assert paths == {**ALL_ON, "fused_mlp": False}
+    assert not any("forward" in vars(m) for m in model.modules())  # every MLP has its own forward back
+    assert "fast path fused_mlp: differs from the model's own forward" in caplog.text
+
+
+def test_planted_mask_dependence_turns_mask_free_attention_off(tiny_model_dir, tiny_tokenizer):
+    model = load_model(str(tiny_model_dir))
+
+    def pads_leak(module, args, kwargs, output):  # as if pad tokens reached real ones without a mask
+        if kwargs.get("attention_mask") is None:
+            output.last_hidden_state.add_(0.5)
+        return output
+
+    model.get_decoder().register_forward_hook(pads_leak, with_kwargs=True)
+    loss_fn, paths = _check(model, tiny_tokenizer)
+    assert paths == {**ALL_ON, "mask_free": False}
+    b = _examples(tiny_tokenizer)
+    from tunesmith.train.batching import collate
+
+    batch = collate(b, tiny_tokenizer.pad_token_id)
+    with torch.no_grad():
+        loss, n = loss_fn(batch.input_ids, batch.labels, batch.attention_mask)
+        reference = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+    assert float(loss / n) == pytest.approx(float(reference), rel=1e-5)  # the fallback computes the true loss
+
+
+def test_planted_logit_postprocessing_turns_head_on_targets_off(tiny_model_dir, tiny_tokenizer):
+    model = load_model(str(tiny_model_dir))
+
+    def soft_cap(module, args, output):  # like Gemma's final logit soft-capping
+        output.logits = 30.0 * torch.tanh(output.logits / 30.0) + 1.0
+        return output
+
+    model.register_forward_hook(soft_cap)
+    _, paths = _check(model, tiny_tokenizer)
+    assert paths == {**ALL_ON, "head_on_targets": False}
+
+
+class _InfGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_non_finite_gradient_norm_stops_before_the_update(tiny_model_dir, tmp_path, monkeypatch):
+    from tunesmith.config import load_config
+    from tunesmith.train.run import train
+
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."}) + "\n"
+                            for i in range(12)))
+    original = CompletionLoss.forward
+    calls = {"n": 0}
+
+    def poisoned(self, *args):
+        loss, n = original(self, *args)
+        if self.model.training:
+            calls["n"] += 1
+            if calls["n"] == 3:  # the loss stays finite, its gradient does not
+                loss = _InfGrad.apply(loss)
+        return loss, n
+
+    monkeypatch.setattr(CompletionLoss, "forward", poisoned)
+    cfg = load_config(None, data=str(data), model=str(tiny_model_dir), out=str(tmp_path / "run"), max_steps=5,
+                      batch_size=4, eval_fraction=0, guard=False, threads=1, save_every=1)
+    with pytest.raises(TrainingError, match=r"^step 3: gradient norm is (inf|nan) \(loss \d"):
+        train(cfg)
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step-000002"
