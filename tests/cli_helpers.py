@@ -13,6 +13,7 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *ar
     """Run `tunesmith ARGS` in-process; return (exit code, stdout, stderr)."""
     monkeypatch.setattr(sys, "argv", ["tunesmith", *args])
     monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.setenv("TUNESMITH_MALLOC", "system")  # `train` would re-exec itself under mimalloc, replacing pytest
     with pytest.raises(SystemExit) as e:
         main()
     out, err = capsys.readouterr()

@@ -118,29 +118,42 @@ ALIASES = {
 
 
 def _range_problems(c: Any) -> list[str]:
-    """Range checks a type cannot express."""
+    """Range checks a type cannot express (each a lambda, so one on a mistyped value can be skipped)."""
     if isinstance(c, LoraSettings):
-        return [m for ok, m in ((c.r >= 1, "r must be >= 1"), (0 <= c.dropout < 1, "dropout must be in [0, 1)"),
-                                (c.alpha > 0, "alpha must be > 0")) if not ok]
+        checks = [(lambda: c.r >= 1, "r must be >= 1"), (lambda: 0 <= c.dropout < 1, "dropout must be in [0, 1)"),
+                  (lambda: c.alpha > 0, "alpha must be > 0")]
+        return _failed(checks)
     checks = [
-        (c.lr is None or c.lr > 0, "lr must be > 0"),
-        (c.epochs is None or c.epochs > 0, "epochs must be > 0"),
-        (c.max_steps is None or c.max_steps > 0, "max_steps must be > 0"),
-        (c.batch_size >= 1, "batch_size must be >= 1"),
-        (c.grad_accum >= 1, "grad_accum must be >= 1"),
-        (c.max_length >= 8, "max_length must be >= 8"),
-        (0 <= c.warmup < 1, "warmup is a share of the steps, in [0, 1)"),
-        (0 <= c.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
-        (0 <= c.replay < 1, "replay must be in [0, 1)"),
-        (c.grad_clip >= 0, "grad_clip must be >= 0 (0 disables it)"),
-        (c.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
-        (c.eval_every is None or c.eval_every >= 1, "eval_every must be >= 1"),
-        (c.save_every is None or c.save_every >= 1, "save_every must be >= 1"),
-        (c.patience is None or c.patience >= 1, "patience must be >= 1"),
-        (c.threads is None or c.threads >= 1, "threads must be >= 1"),
-        (bool(DEVICE.match(c.device)), f"device '{c.device}' is not one of auto, cpu, cuda, cuda:N, mps"),
+        (lambda: c.lr is None or c.lr > 0, "lr must be > 0"),
+        (lambda: c.epochs is None or c.epochs > 0, "epochs must be > 0"),
+        (lambda: c.max_steps is None or c.max_steps > 0, "max_steps must be > 0"),
+        (lambda: c.batch_size >= 1, "batch_size must be >= 1"),
+        (lambda: c.grad_accum >= 1, "grad_accum must be >= 1"),
+        (lambda: c.max_length >= 8, "max_length must be >= 8"),
+        (lambda: 0 <= c.warmup < 1, "warmup is a share of the steps, in [0, 1)"),
+        (lambda: 0 <= c.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
+        (lambda: 0 <= c.replay < 1, "replay must be in [0, 1)"),
+        (lambda: c.grad_clip >= 0, "grad_clip must be >= 0 (0 disables it)"),
+        (lambda: c.keep_checkpoints >= 1, "keep_checkpoints must be >= 1"),
+        (lambda: c.eval_every is None or c.eval_every >= 1, "eval_every must be >= 1"),
+        (lambda: c.save_every is None or c.save_every >= 1, "save_every must be >= 1"),
+        (lambda: c.patience is None or c.patience >= 1, "patience must be >= 1"),
+        (lambda: c.threads is None or c.threads >= 1, "threads must be >= 1"),
+        (lambda: bool(DEVICE.match(c.device)), f"device '{c.device}' is not one of auto, cpu, cuda, cuda:N, mps"),
     ]
-    return [m for ok, m in checks if not ok]
+    return _failed(checks)
+
+
+def _failed(checks: list[tuple[Any, str]]) -> list[str]:
+    """Messages of the checks that fail; a check on a value of the wrong type (already reported) is skipped."""
+    failed = []
+    for check, message in checks:
+        try:
+            if not check():
+                failed.append(message)
+        except TypeError:
+            continue
+    return failed
 
 
 def _validate(c: Any, prefix: str) -> None:
@@ -158,8 +171,7 @@ def _validate(c: Any, prefix: str) -> None:
             problems += e.problems
             continue
         object.__setattr__(c, f.name, value)
-    if not problems:
-        problems = [f"{prefix}{m}" for m in _range_problems(c)]
+    problems += [f"{prefix}{m}" for m in _range_problems(c)]
     if problems:
         raise ConfigError(problems)
 

@@ -150,15 +150,15 @@ def merge_command(
     target: str = typer.Argument(..., help="Run folder or adapter folder."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for the merged model."),
     adapter: str = typer.Option(None, help="Adapter folder (when TARGET is a base model)."),
-    force: bool = typer.Option(False, "--force", help="Overwrite a non-empty --out."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier merge in --out (never another folder)."),
 ) -> None:
     """Merge a LoRA adapter into its base model and save a full model folder."""
     from tunesmith.api import merge_adapter
 
     quiet_libraries()
     r = merge_adapter(target, out, adapter=adapter, force=force)
-    console.print(f"merged into {r.out} ({r.bytes / 1e6:.1f} MB); max |logit difference| adapter vs merged "
-                  f"on probes: {r.max_abs_diff:.2e}")
+    console.print(f"merged into {r.out} ({r.bytes / 1e6:.1f} MB), on the full-precision base {r.base}; "
+                  f"max |logit difference| adapter vs merged on probes: {r.max_abs_diff:.2e}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

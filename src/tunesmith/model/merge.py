@@ -1,7 +1,13 @@
-"""Merge a LoRA adapter into its base: W' = W + (alpha / r) * B @ A, saved as a plain model folder."""
+"""Merge a LoRA adapter into its base: W' = W + (alpha / r) * B @ A, saved as a plain model folder.
+
+The base is the full-precision model the adapter's run recorded (also when it trained on a quantized base):
+merging into 4-bit weights would round the update away. The folder gets a `tunesmith.json` saying where it
+came from; `--force` replaces only a folder that has one (a merge tunesmith wrote), never anything else.
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -10,6 +16,8 @@ from pathlib import Path
 from tunesmith.errors import ModelError
 from tunesmith.model.adapters import resolve_target
 from tunesmith.model.loading import load_model, load_tokenizer
+
+MARKER = "tunesmith.json"  # provenance of a merged folder; also what lets --force replace it
 
 PROBES = [
     [{"role": "user", "content": "How do I reset my password?"}],
@@ -23,6 +31,7 @@ class MergeResult:
     out: Path
     max_abs_diff: float  # largest |logit difference| between adapter-on-base and merged model on probes
     bytes: int
+    base: str  # the full-precision base the adapter was merged into
 
 
 def merge(target: str | Path, out: str | Path, *, adapter: str | Path | None = None,
@@ -37,8 +46,7 @@ def merge(target: str | Path, out: str | Path, *, adapter: str | Path | None = N
     if t.adapter is None:
         raise ModelError(f"{target}: no LoRA adapter to merge (a full fine-tune is already a whole model)")
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not force:
-        raise ModelError(f"{out}: folder exists and is not empty; choose another --out or pass --force")
+    _check_out(out, force)
     tokenizer = load_tokenizer(t.model)
     model = PeftModel.from_pretrained(load_model(t.model), str(t.adapter)).eval()
     probes = [torch.tensor([encode_prompt(tokenizer, p)]) for p in PROBES]
@@ -51,7 +59,23 @@ def merge(target: str | Path, out: str | Path, *, adapter: str | Path | None = N
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    provenance = {"kind": "merged", "from": str(target), "adapter": str(t.adapter), "base": t.model.name,
+                  "base_path": t.model.path, "max_abs_logit_diff": diff}
+    (tmp / MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    return MergeResult(out=out, max_abs_diff=diff, bytes=size)
+    return MergeResult(out=out, max_abs_diff=diff, bytes=size, base=t.model.name)
+
+
+def _check_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise ModelError(f"{out}: is a file; --out needs a folder for the merged model")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not force:
+        raise ModelError(f"{out}: folder exists and is not empty; choose another --out, or --force to replace "
+                         "an earlier merge")
+    if not (out / MARKER).is_file():
+        raise ModelError(f"{out}: --force only replaces a folder tunesmith merge wrote (it has {MARKER}), and "
+                         "this one was not; choose another --out")
