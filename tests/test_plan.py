@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tunesmith.config import LoraSettings, TrainConfig
 from tunesmith.errors import ConfigError, ModelError
 from tunesmith.plan import (
     CPU_PROCESS_BYTES,
@@ -24,7 +25,6 @@ from tunesmith.plan import (
     memory,
     output_bytes,
     peak_bytes,
-    recommend,
     required_bytes,
 )
 
@@ -118,16 +118,53 @@ def test_memory_parts_for_full_fine_tuning_of_7b_in_fp32() -> None:
     assert parts["framework"] == CPU_PROCESS_BYTES
 
 
-def test_lora_on_cuda_keeps_autocast_copies_and_no_allocator_overhead() -> None:
+def test_lora_on_cuda_has_a_bf16_base_and_casts_only_the_adapters() -> None:
     arch, _ = load_arch(LLAMA_7B)
-    s = Setup("lora", 4, 1024, 512, "mixed", "cuda", r=16, targets=tuple(arch.linears()))
+    s = Setup("lora", 4, 1024, 512, "bf16", "cuda", r=16, targets=tuple(arch.linears()))
     parts = memory(arch, s)
     trainable = lora_params(arch, 16, s.targets)
-    assert parts["weights"] == 4 * arch.parameters  # the trainer keeps fp32 weights and autocasts to bf16
+    assert parts["weights"] == 2 * arch.parameters  # the trainer loads a frozen LoRA base in bf16 on CUDA
     assert parts["lora_weights"] == parts["gradients"] == 4 * trainable and parts["optimizer"] == 8 * trainable
-    assert parts["autocast_copies"] == 2 * (32 * arch.layer_matmul_params + 32000 * 4096 + trainable)
+    assert parts["autocast_copies"] == 2 * trainable  # bf16 copies of the fp32 adapters only
     assert parts["framework"] == parts["allocator"] == 0
     assert required_bytes(arch, s) == peak_bytes(arch, s, parts) + CUDA_CONTEXT_BYTES
+
+
+def test_full_fine_tuning_on_cuda_keeps_autocast_copies_of_every_weight() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    parts = memory(arch, Setup("full", 1, 512, 511, "mixed", "cuda"))
+    assert parts["weights"] == 4 * arch.parameters
+    assert parts["autocast_copies"] == 2 * (32 * arch.layer_matmul_params + 32000 * 4096)
+
+
+def test_a_4bit_base_stores_linear_layers_in_about_half_a_byte_a_weight() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    s = Setup("lora", 1, 512, 511, "bf16", "cuda", targets=tuple(arch.linears()), quant="nf4")
+    nf4 = 0.5 + 1 / 64 + 4 / (64 * 256)  # NF4 + 8-bit absmax per 64 weights + fp32 per 256 blocks
+    others = arch.parameters - 32 * arch.layer_matmul_params  # embeddings, head, norms in bf16
+    assert memory(arch, s)["weights"] == round(32 * arch.layer_matmul_params * nf4 + 2 * others)
+    assert memory(arch, s)["dequant"] == 4096 * 11008 * 2  # the largest layer, dequantized for its matmul
+
+
+def test_gradient_checkpointing_keeps_one_hidden_state_per_layer_and_one_layer_recomputed() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    s = Setup("full", 1, 512, 511, "fp32", "cpu")
+    plain, ckpt = memory(arch, s), memory(arch, dataclasses.replace(s, checkpointing=True))
+    per_layer = plain["activations"] // 32
+    assert ckpt["activations"] == 512 * 32 * 4096 * 4 + per_layer
+    assert ckpt["activations"] < plain["activations"] / 5
+
+
+def test_fsdp_shards_weights_gradients_and_optimizer_over_the_ranks() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    one = memory(arch, Setup("full", 1, 512, 511, "mixed", "cuda"))
+    four = memory(arch, Setup("full", 1, 512, 511, "mixed", "cuda", world=4, sharded=True))
+    for part in ("weights", "gradients", "optimizer"):
+        assert four[part] == pytest.approx(one[part] / 4, rel=1e-6)
+    layer = arch.layer_params * 4
+    root = (arch.parameters - 32 * arch.layer_params) * 4
+    assert four["fsdp_gathered"] == round(2 * layer + root * 3 / 4)  # two layers, and the root, gathered
+    assert four["activations"] == one["activations"]  # each rank runs its own micro-batch
 
 
 def test_full_fine_tuning_peak_swaps_gradients_for_activations() -> None:
@@ -158,52 +195,72 @@ def test_flops_per_token_by_hand() -> None:
     assert flops_per_token(TINY, lora) == 4 * (body + head) + 6 * 16_384 + attention
 
 
-def _setup(**kw: object) -> Setup:
-    base = {"method": "lora", "batch_size": 8, "seq_len": 1024, "targets_per_row": 512, "precision": "mixed",
-            "device": "cuda", "targets": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
-    return Setup(**{**base, **kw})  # type: ignore[arg-type]
+def _config(**kw: object) -> TrainConfig:
+    return TrainConfig(**{"model": LLAMA_7B, "batch_size": 8, "max_length": 1024, **kw})  # type: ignore[arg-type]
 
 
-def test_recommendation_keeps_a_run_that_fits() -> None:
-    arch, _ = load_arch(SMOLLM2)
-    rec = recommend(arch, _setup(), 80 * GIB, 1024)
-    assert (rec.method, rec.batch_size, rec.grad_accum, rec.fits) == ("lora", 8, 1, True)
-    assert rec.reasons[0].startswith("needs ") and rec.reasons[0].endswith("of 80.00 GiB available")
+def test_a_run_that_fits_is_kept_as_it_is() -> None:
+    plan = estimate(_config(model=SMOLLM2), device="cuda", gpu_memory_gb=80)
+    r = plan.recommendation
+    assert (r.method, r.batch_size, r.grad_accum, r.fits) == ("lora", 8, 1, True)
+    assert r.reasons[0].startswith("needs ") and r.reasons[0].endswith("of 80.00 GiB available")
+    assert plan.options[0]["label"] == "LoRA" and plan.options[0]["relative_time"] == 1.0
 
 
-def test_recommendation_trades_batch_for_accumulation() -> None:
+def test_the_7b_walkthrough_case_fits_a_24_gib_card_and_qlora_fits_12() -> None:
+    """The issue's case: Llama-2-7B, LoRA, batch 1 x 512 tokens on a consumer GPU."""
+    plan = estimate(_config(batch_size=1, max_length=512), device="cuda", gpu_memory_gb=24)
+    assert plan.required_memory_bytes < 20 * GIB and plan.recommendation.fits
+    labels = [o["label"] for o in plan.options]
+    assert labels[0] == "LoRA" and "LoRA, 4bit base (QLoRA)" in labels and "LoRA, gradient checkpointing" in labels
+    assert plan.recommendation.command.endswith("--batch-size 1 --max-length 512")
+    small = estimate(_config(batch_size=1, max_length=512), device="cuda", gpu_memory_gb=12)
+    assert small.options[0]["label"] == "LoRA, 4bit base (QLoRA)"
+    assert "--quantize 4bit" in small.recommendation.command
+    full = estimate(_config(batch_size=1, max_length=512, method="full"), device="cuda", gpu_memory_gb=24)
+    assert full.required_memory_bytes > 4 * plan.required_memory_bytes
+
+
+def test_full_7b_is_sharded_with_fsdp_over_80_gib_cards() -> None:
+    plan = estimate(_config(batch_size=1, max_length=512, method="full"), device="cuda", gpu_memory_gb=80)
+    first = plan.options[0]
+    assert first["method"] == "full" and first["gpus"] == 2 and first["label"] == "full fine-tuning, FSDP over 2 GPUs"
+    assert first["command"].startswith("torchrun --nproc_per_node 2 -m tunesmith train DATA")
+    assert first["command"].endswith("--distributed fsdp")
+
+
+def test_options_trade_batch_for_accumulation() -> None:
     arch, _ = load_arch(LLAMA_7B)
-    s = _setup()
-    one = required_bytes(arch, dataclasses.replace(s, batch_size=1, grad_accum=8))
-    rec = recommend(arch, s, int(one / 0.9) + 1, 1024)  # exactly room for batch 1
-    assert (rec.method, rec.batch_size, rec.grad_accum, rec.fits) == ("lora", 1, 8, True)
-    assert "micro-batch 1 x 8 accumulation steps keeps 8 examples per step" in rec.reasons[-1]
+    from tunesmith.plan import setup_for
+
+    c = _config(gradient_checkpointing=True, quantize="4bit")
+    one = required_bytes(arch, setup_for(dataclasses.replace(c, batch_size=1, grad_accum=8), arch, "cuda"))
+    plan = estimate(c, device="cuda", gpu_memory_gb=(one / 0.9 + 1) / GIB)  # exactly room for batch 1
+    r = plan.recommendation
+    assert (r.method, r.batch_size, r.grad_accum, r.fits) == ("lora", 1, 8, True)
+    assert "micro-batch 1 x 8 accumulation steps keeps 8 examples per step" in r.reasons[-1]
 
 
-def test_recommendation_switches_full_to_lora_when_full_cannot_fit() -> None:
+def test_nothing_fits_then_rows_are_shortened_then_it_gives_up() -> None:
     arch, _ = load_arch(LLAMA_7B)
-    rec = recommend(arch, _setup(method="full", targets=()), 80 * GIB, 1024)
-    assert rec.method == "lora" and rec.fits
-    assert any("full fine-tuning does not fit even at batch 1 (weights, gradients and AdamW take 16 bytes "
-               "per parameter)" in r for r in rec.reasons)
+    from tunesmith.plan import setup_for
+
+    short = _config(batch_size=1, max_length=256, quantize="4bit", gradient_checkpointing=True)
+    need = required_bytes(arch, setup_for(short, arch, "cuda"))
+    plan = estimate(_config(batch_size=1), device="cuda", gpu_memory_gb=(need / 0.9 + 1) / GIB)
+    assert plan.recommendation.max_length == 256 and plan.recommendation.fits
+    assert plan.options[0]["label"].endswith("rows cut to 256 tokens")
+    hopeless = estimate(_config(method="full"), device="cuda", gpu_memory_gb=4)
+    assert (hopeless.recommendation.method, hopeless.recommendation.fits) == ("full", False)
+    assert hopeless.recommendation.reasons[-1].endswith("; use a machine with more memory")
 
 
-def test_recommendation_shortens_rows_then_gives_up() -> None:
-    arch, _ = load_arch(LLAMA_7B)
-    s = _setup(batch_size=1)
-    short = dataclasses.replace(s, seq_len=256, targets_per_row=255)
-    rec = recommend(arch, s, int(required_bytes(arch, short) / 0.9) + 1, 1024)
-    assert (rec.batch_size, rec.max_length, rec.fits) == (1, 256, True)
-    assert "--max-length 256" in rec.reasons[-1]
-    hopeless = recommend(arch, dataclasses.replace(s, method="full", targets=()), 8 * GIB, 1024)
-    assert (hopeless.method, hopeless.fits) == ("full", False)  # the request, marked as not fitting
-    assert hopeless.reasons[-1].startswith("does not fit: LoRA at batch 1 and length 64 still needs ")
-    assert hopeless.reasons[-1].endswith("; use a machine with more memory")
+def test_unknown_budget_says_how_to_give_one(monkeypatch) -> None:
+    import torch
 
-
-def test_unknown_budget_says_how_to_give_one() -> None:
-    rec = recommend(TINY, _setup(), None, 1024)
-    assert rec.fits is None and "pass --gpu-memory GB" in rec.reasons[0]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = estimate(_config(model=SMOLLM2), device="cuda")
+    assert plan.recommendation.fits is None and "pass --gpu-memory GB" in plan.recommendation.reasons[0]
 
 
 def test_data_stats_count_what_training_sees(tmp_path: Path, tiny_tokenizer) -> None:
@@ -212,7 +269,7 @@ def test_data_stats_count_what_training_sees(tmp_path: Path, tiny_tokenizer) -> 
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "How do I reset my password?", "completion": "Go to the Account page."}\n'
                     '{"prompt": "Where is my order?", "completion": "' + "track it " * 40 + '"}\n')
-    stats = data_stats(data, tiny_tokenizer, max_length=48)
+    stats = data_stats(TrainConfig(data=str(data), max_length=48), tiny_tokenizer)
     enc = [encode(tiny_tokenizer, [{"role": "user", "content": p}, {"role": "assistant", "content": c}], 48)
            for p, c in (("How do I reset my password?", "Go to the Account page."),
                         ("Where is my order?", "track it " * 40))]
@@ -222,40 +279,37 @@ def test_data_stats_count_what_training_sees(tmp_path: Path, tiny_tokenizer) -> 
 
 
 def test_estimate_of_a_7b_config_without_weights() -> None:
-    plan = estimate(LLAMA_7B, "lora", batch_size=4, max_length=2048, lora_r=8, target_modules="q_proj,v_proj",
-                    device="cuda", gpu_memory_gb=24, data_tokens=1_000_000)
-    d = plan.to_dict()
+    c = _config(batch_size=4, max_length=2048, lora=LoraSettings(r=8, target_modules="q_proj,v_proj"))
+    d = estimate(c, device="cuda", gpu_memory_gb=24).to_dict()
     assert d["parameters"] == 6_738_415_616 and d["trainable_parameters"] == 4_194_304
-    assert d["peak_memory_bytes"] == sum(d["memory"].values())  # LoRA: every part is alive as backward starts
-    assert d["speed_source"] in ("assumed", "matmul") and d["seconds_per_epoch"] > 0
-    assert d["recommendation"]["fits"] is False  # 27 GB of fp32 weights do not fit in 24 GB
+    assert d["precision"] == "bf16" and d["memory"]["weights"] == 2 * 6_738_415_616
+    assert d["speed_source"] in ("assumed", "matmul") and d["flops_per_token"] > 0
 
 
 def test_estimate_uses_the_data_for_row_length_and_targets() -> None:
     stats = DataStats(examples=100, tokens=20_000, targets=8_000, longest=300, most_targets=150, truncated=0)
-    plan = estimate(SMOLLM2, "lora", batch_size=8, max_length=1024, data=stats)
+    plan = estimate(_config(model=SMOLLM2), data=stats)
     assert plan.seq_len == 300 and plan.data_tokens == 20_000
     assert plan.seconds_per_epoch == pytest.approx(20_000 / plan.tokens_per_second)
-    longer = estimate(SMOLLM2, "lora", batch_size=8, max_length=1024)
+    longer = estimate(_config(model=SMOLLM2))
     assert longer.peak_memory_bytes > plan.peak_memory_bytes and longer.seq_len == 1024
 
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"method": "qlora"}, "method 'qlora': expected lora or full"),
-        ({"batch_size": 0}, "batch size 0: must be at least 1"),
-        ({"max_length": 1}, "max length 1: must be at least 2"),
         ({"device": "tpu"}, "device 'tpu': expected cpu or cuda"),
         ({"gpu_memory_gb": 24}, "--gpu-memory 24: give a positive size in GB, with --device cuda"),
-        ({"dtype": "int8"}, "dtype 'int8': expected float32, bfloat16 or float16"),
     ],
 )
 def test_estimate_rejects_bad_settings(kwargs: dict, message: str) -> None:
-    args = {"method": "lora", "batch_size": 8, "max_length": 256, **kwargs}
-    method = args.pop("method")
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        estimate(SMOLLM2, method, **args)
+        estimate(_config(model=SMOLLM2), **kwargs)
+
+
+def test_quantize_needs_lora() -> None:
+    with pytest.raises(ConfigError, match="quantize 4bit needs method lora"):
+        _config(method="full", quantize="4bit")
 
 
 def test_head_chunk_matches_the_trainer() -> None:
@@ -278,7 +332,7 @@ def test_allocator_overhead_on_cpu_only() -> None:
     # 8 x 4096 tokens: a (tokens x 1536) fp32 tensor is 192 MiB, served by mmap and returned whole
     big = memory(arch, dataclasses.replace(small, batch_size=8, seq_len=4096))
     assert big["allocator"] < (big["activations"] + big["lora_activations"]) * (HEAP_FACTOR - 1) / 10
-    assert memory(arch, dataclasses.replace(small, device="cuda", precision="mixed"))["allocator"] == 0
+    assert memory(arch, dataclasses.replace(small, device="cuda", precision="bf16"))["allocator"] == 0
 
 
 def test_training_allocator_follows_the_opt_out(monkeypatch) -> None:

@@ -30,7 +30,7 @@ def test_plan_a_7b_model_from_its_config_alone(monkeypatch, capsys) -> None:
     assert code == 0, err
     plan = json.loads(out)
     assert (plan["parameters"], plan["trainable_parameters"]) == (6_738_415_616, 4_194_304)
-    assert plan["output_bytes"] == 4 * 4_194_304 and plan["device"] == "cuda" and plan["precision"] == "mixed"
+    assert plan["output_bytes"] == 4 * 4_194_304 and plan["device"] == "cuda" and plan["precision"] == "bf16"
     assert plan["recommendation"]["fits"] is True and plan["available_memory_bytes"] == 80 * 2**30
 
 
@@ -61,9 +61,18 @@ def test_plan_counts_tokens_with_the_builtin_tokenizer_for_a_config_only_model(m
 
 def test_plan_exits_1_when_nothing_fits(monkeypatch, capsys) -> None:
     code, out, _ = run(monkeypatch, capsys, "plan", "--model", LLAMA_7B, "--method", "full", "--device", "cuda",
-                       "--gpu-memory", "8", "--max-length", "512")
+                       "--gpu-memory", "3", "--max-length", "512")
     assert code == 1
     assert "does not fit" in out and "use a machine with more memory" in out
+
+
+def test_plan_lists_what_fits_a_24_gib_card_as_commands(monkeypatch, capsys) -> None:
+    code, out, _ = run(monkeypatch, capsys, "plan", "--model", LLAMA_7B, "--device", "cuda", "--gpu-memory", "24",
+                       "--batch-size", "1", "--max-length", "512")
+    assert code == 0
+    assert "Configurations that fit 24.00 GiB per GPU, cheapest first" in out
+    assert "  1. LoRA: " in out and "LoRA, 4bit base (QLoRA)" in out
+    assert f"tunesmith train DATA --model {LLAMA_7B} --quantize 4bit --batch-size 1 --max-length 512" in out
 
 
 @pytest.mark.parametrize(
@@ -71,7 +80,7 @@ def test_plan_exits_1_when_nothing_fits(monkeypatch, capsys) -> None:
     [
         (["--model", "nope"], "error: model 'nope': not a local folder, a built-in model (smollm2-135m) or a hub "
                               "id like 'org/name'"),
-        (["--method", "qlora"], "error: method 'qlora': expected lora or full"),
+        (["--method", "qlora"], "error: config: method: 'qlora' is not one of lora, full"),
         (["--device", "cpu", "--gpu-memory", "24"], "error: --gpu-memory 24: give a positive size in GB, with "
                                                    "--device cuda"),
         (["--lora-targets", "c_attn"], "error: LoRA target_modules c_attn: not a linear layer of this model"),

@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import TrainConfig, load_config, resume_config
+from tunesmith.errors import ModelError
 
 if TYPE_CHECKING:
     from tunesmith.model.merge import MergeResult
+    from tunesmith.plan import Plan
     from tunesmith.train.loop import Hooks
     from tunesmith.train.run import RunResult
 
@@ -31,6 +33,29 @@ def load_train_config(path: str | Path | None = None, *, resume: str | Path | No
     if not is_run(resume):
         raise RunError(f"{resume}: {describe_non_run(Path(resume))}; nothing to resume")
     return resume_config(RunFolder.open(resume).config(), **overrides)
+
+
+def plan(config: TrainConfig, *, gpu_memory_gb: float | None = None, world: int = 1,
+         calibrate: bool = False) -> Plan:
+    """What `fine_tune(config)` will cost on `config.device` (`world` ranks): memory by part, time, and the
+    configurations that fit. With `config.data`, tokens are counted as training will see them."""
+    from tunesmith.model.arch import load_arch
+    from tunesmith.model.loading import DEFAULT_MODEL, load_tokenizer, pick_device
+    from tunesmith.plan import data_stats, estimate
+
+    load_arch(config.model)  # a wrong model name fails here, before the data is read
+    notes, stats = [], None
+    if config.data:
+        try:
+            tokenizer = load_tokenizer(config.model)
+        except ModelError:  # a config.json alone: count with the built-in tokenizer, and say so
+            tokenizer = load_tokenizer(DEFAULT_MODEL)
+            notes.append(f"tokens counted with {DEFAULT_MODEL}'s tokenizer: '{config.model}' has none here")
+        stats = data_stats(config, tokenizer)
+    result = estimate(config, device=pick_device(config.device), world=world, gpu_memory_gb=gpu_memory_gb,
+                      data=stats, calibrate_speed=calibrate)
+    result.notes.extend(notes)
+    return result
 
 
 def fine_tune(config: TrainConfig, *, resume: bool = False, force: bool = False,

@@ -23,6 +23,8 @@ from tunesmith.errors import ConfigError
 
 Method = Literal["lora", "full"]
 Schedule = Literal["cosine", "linear", "constant"]
+Quantize = Literal["none", "4bit", "8bit"]
+Distributed = Literal["ddp", "fsdp"]
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -80,6 +82,15 @@ class TrainConfig:
     save_every: int | None = setting(None, "Steps between checkpoints (eval_every)")
     keep_checkpoints: int = setting(2, "Newest checkpoints kept (the best one is kept as well)", panel="Run")
     patience: int | None = setting(None, "Stop after this many evaluations without a better eval loss")
+    gradient_checkpointing: bool = setting(
+        False, "Recompute each layer's activations in the backward pass: activations shrink to one hidden state "
+        "per layer and token, steps take about a third longer", panel="Memory")
+    quantize: Quantize = setting(
+        "none", "Load the frozen base quantized (LoRA only, needs bitsandbytes): 4bit is NF4 with double "
+        "quantization (QLoRA), 8bit is LLM.int8", panel="Memory")
+    distributed: Distributed = setting(
+        "ddp", "Under torchrun: ddp (a full copy per GPU) or fsdp (weights, gradients and optimizer state sharded "
+        "over the GPUs)", panel="Memory")
     device: str = setting("auto", "Where to train: auto, cpu, cuda or cuda:N", panel="Run")
     threads: int | None = setting(None, "CPU threads (PyTorch's default, or OMP_NUM_THREADS)", panel="Run")
     guard: bool = setting(True, "Score a general-skills slice at each evaluation (forgetting guard)", panel="Run")
@@ -104,7 +115,7 @@ class TrainConfig:
 # Settings `--resume` may change: how long to train, how often to look, where. Anything else would make the
 # resumed run a different run than the one its checkpoints and data split belong to.
 RESUMABLE = ("max_steps", "epochs", "eval_every", "save_every", "keep_checkpoints", "patience", "device",
-             "threads", "guard_stop")
+             "threads", "guard_stop", "gradient_checkpointing")
 
 # Names users bring from other tools, mapped to ours for the "did you mean" hint.
 ALIASES = {
@@ -140,6 +151,8 @@ def _range_problems(c: Any) -> list[str]:
         (lambda: c.patience is None or c.patience >= 1, "patience must be >= 1"),
         (lambda: c.threads is None or c.threads >= 1, "threads must be >= 1"),
         (lambda: bool(DEVICE.match(c.device)), f"device '{c.device}' is not one of auto, cpu, cuda, cuda:N, mps"),
+        (lambda: c.quantize == "none" or c.method == "lora",
+         f"quantize {c.quantize} needs method lora: a quantized base is frozen, and full fine-tuning trains it"),
     ]
     return _failed(checks)
 

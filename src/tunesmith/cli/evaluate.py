@@ -39,6 +39,8 @@ def register(app: typer.Typer) -> None:
         thresholds: str | None = typer.Option(None, "--thresholds", help=THRESHOLDS_HELP),
         limit: int = typer.Option(64, "--limit", min=0, help="Target-task examples scored (the first ones)."),
         device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | cuda:N."),
+        quantize: str = typer.Option("auto", "--quantize", help="Base weights: auto (as the run trained), none, "
+                                     "4bit or 8bit."),
         threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (1 is fastest on a busy CPU)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
     ) -> None:
@@ -48,7 +50,7 @@ def register(app: typer.Typer) -> None:
 
         opts = EvalOptions(
             target=target, adapter=adapter, base=base, data=data, suite=suite, keep=tuple(keep or ()), out=out,
-            thresholds=parse_thresholds(thresholds), limit=limit, device=device,
+            thresholds=parse_thresholds(thresholds), limit=limit, device=device, quantize=quantize,
         )
         gather_tasks(opts)  # a bad --suite or --keep file fails here, before any model loads
         if threads is not None:

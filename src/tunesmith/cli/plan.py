@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 
 from tunesmith.cli.common import console, quiet_libraries
-from tunesmith.errors import ConfigError, ModelError
+from tunesmith.cli.options import RUN, config_file_option, config_options, keyword, settings_from, with_signature
+from tunesmith.errors import ConfigError
 
 if TYPE_CHECKING:
     from tunesmith.advise import Advice, Answers, Evidence
-    from tunesmith.plan import DataStats, Plan
+    from tunesmith.plan import Plan
 
 DEFAULT_MODEL = "smollm2-135m"
 FORMAT_HELP = "auto | prompt_completion | chat | alpaca."
@@ -28,7 +30,9 @@ PARTS = {  # memory parts, in the order of the table, with what each holds
     "activations": "saved for backward",
     "lora_activations": "saved by the adapters",
     "lm_head": "logits, 256 rows at a time",
-    "autocast_copies": "bf16 copies of the weights",
+    "autocast_copies": "bf16 copies of fp32 weights",
+    "dequant": "one layer dequantized",
+    "fsdp_gathered": "layers gathered by FSDP",
     "allocator": "malloc overhead",
 }
 
@@ -39,54 +43,38 @@ def register(app: typer.Typer) -> None:
     app.command("advise")(advise_command)
 
 
-def plan_command(
-    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m",
-                              help="Built-in name, model folder, config.json file or hub id."),
-    method: str = typer.Option("lora", "--method", help="lora | full."),
-    data: Path = typer.Option(None, "--data", help="Dataset whose tokens to count (JSONL, JSON or CSV)."),
-    fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda."),
-    gpu_memory: float = typer.Option(None, "--gpu-memory", help="GPU memory in GB (GiB) to plan for, with --device cuda."),
-    batch_size: int = typer.Option(8, "--batch-size", min=1, help="Examples per micro-batch."),
-    max_length: int = typer.Option(1024, "--max-length", min=2, help="Tokens per example before truncation."),
-    lora_r: int = typer.Option(16, "--lora-r", min=1, help="LoRA rank."),
-    lora_targets: str = typer.Option("all-linear", "--lora-targets", help="all-linear, or names: q_proj,v_proj."),
-    calibrate: bool = typer.Option(True, "--calibrate/--no-calibrate",
-                                   help="Time a few real training steps when the weights are here."),
-    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON instead of a table."),
-) -> None:
-    """What a fine-tune will cost: parameters, memory by part, output size, tokens, time; and what to do."""
-    from tunesmith.model.loading import pick_device
-    from tunesmith.plan import estimate, load_arch
+def plan_command(*, config_file: Path | None = None, data: Path | None = None, gpu_memory: float | None = None,
+                 gpus: int = 1, calibrate: bool = True, as_json: bool = False, **settings: Any) -> None:
+    """What a fine-tune will cost: memory by part, output size, tokens, time; and the configurations that fit."""
+    from tunesmith.api import load_train_config, plan
 
     quiet_libraries()
-    load_arch(model)  # a wrong model name fails here, before the data is read
-    device = pick_device(device)
-    stats, notes = _data_stats(data, fmt, model, max_length) if data is not None else (None, [])
-    plan = estimate(model, method, batch_size=batch_size, max_length=max_length, lora_r=lora_r,  # type: ignore[arg-type]
-                    target_modules=lora_targets, device=device, gpu_memory_gb=gpu_memory, data=stats,
-                    calibrate_speed=calibrate)
-    plan.notes.extend(notes)
+    config = load_train_config(config_file, data=str(data) if data is not None else None, **settings_from(settings))
+    result = plan(config, gpu_memory_gb=gpu_memory, world=gpus, calibrate=calibrate)
     if as_json:
-        typer.echo(json.dumps(plan.to_dict(), indent=2))
+        typer.echo(json.dumps(result.to_dict(), indent=2))
     else:
-        _print_plan(plan)
-    if plan.recommendation.fits is False:
+        _print_plan(result)
+    if result.recommendation.fits is False:
         raise typer.Exit(EXIT_DOES_NOT_FIT)
 
 
-def _data_stats(data: Path, fmt: str, model: str, max_length: int) -> tuple[DataStats, list[str]]:
-    """Token counts with the model's tokenizer, or the built-in one's for a config-only model."""
-    from tunesmith.model.loading import load_tokenizer
-    from tunesmith.plan import data_stats
-
-    notes = []
-    try:
-        tokenizer = load_tokenizer(model)
-    except ModelError:
-        tokenizer = load_tokenizer(DEFAULT_MODEL)
-        notes.append(f"tokens counted with {DEFAULT_MODEL}'s tokenizer: '{model}' has none here")
-    return data_stats(data, tokenizer, max_length, fmt), notes
+with_signature(plan_command, [
+    config_file_option(),
+    keyword("data", Path | None, typer.Option(None, "--data", help="Dataset whose tokens to count (JSONL, JSON, "
+                                                                 "CSV, ...).", rich_help_panel=RUN)),
+    keyword("gpu_memory", float | None, typer.Option(None, "--gpu-memory", help="Memory of one GPU in GB (GiB) to "
+                                                     "plan for, with --device cuda.", rich_help_panel=RUN)),
+    keyword("gpus", int, typer.Option(1, "--gpus", min=1, help="Processes under torchrun the run will use.",
+                                      rich_help_panel=RUN)),
+    keyword("calibrate", bool, typer.Option(True, "--calibrate/--no-calibrate", help="Time a few real training "
+                                            "steps when the weights are here.", rich_help_panel=RUN)),
+    keyword("as_json", bool, typer.Option(False, "--json", help="Print the plan as JSON instead of tables.",
+                                          rich_help_panel=RUN)),
+    *config_options(skip=("data", "out", "eval_data", "keep_checkpoints", "patience", "eval_every", "save_every",
+                          "guard", "guard_stop", "seed", "warmup", "schedule", "weight_decay", "grad_clip",
+                          "eval_fraction")),
+])
 
 
 def _print_plan(p: Plan) -> None:
@@ -95,8 +83,11 @@ def _print_plan(p: Plan) -> None:
     from tunesmith.plan import gb
 
     what = f"LoRA r={p.lora_r} on {len(p.target_modules)} layer types" if p.method == "lora" else "full fine-tuning"
-    t = Table(title=f"Plan: {p.model}, {what}, batch {p.batch_size} x {p.seq_len} tokens, {p.device} ({p.precision})",
-              show_header=False, box=None, padding=(0, 2), title_justify="left")
+    mode = ", ".join(m for m in (f"{p.quantize} base" if p.quantize != "none" else "",
+                                 "gradient checkpointing" if p.gradient_checkpointing else "",
+                                 f"{p.world} ranks" if p.world > 1 else "") if m)
+    t = Table(title=f"Plan: {p.model}, {what}{', ' + mode if mode else ''}, batch {p.batch_size} x {p.seq_len} "
+              f"tokens, {p.device} ({p.precision})", show_header=False, box=None, padding=(0, 2), title_justify="left")
     share = p.trainable_parameters / p.parameters
     t.add_row("[bold]parameters[/]", f"{p.parameters:,}", f"trainable {p.trainable_parameters:,} ({share:.2%})")
     for part, about in PARTS.items():
@@ -104,12 +95,12 @@ def _print_plan(p: Plan) -> None:
             about += f" ({p.allocator})" if part == "allocator" else ""
             t.add_row(f"  {part.replace('_', ' ')}", gb(p.memory[part]), about)
     measure = "peak RSS" if p.device == "cpu" else "max_memory_allocated"
-    t.add_row("[bold]peak memory[/]", f"[bold]{gb(p.peak_memory_bytes)}[/]", f"comparable to {measure}")
+    t.add_row("[bold]peak memory[/]", f"[bold]{gb(p.peak_memory_bytes)}[/]", f"comparable to {measure}"
+              + (" per rank" if p.world > 1 else ""))
     if p.required_memory_bytes != p.peak_memory_bytes:
         t.add_row("  with CUDA context", gb(p.required_memory_bytes), "what must fit")
     if p.available_memory_bytes is not None:
         t.add_row("  available", gb(p.available_memory_bytes), "free RAM" if p.device == "cpu" else "GPU memory")
-    t.add_row("  activations, checkpointed", gb(p.checkpointed_activations_bytes), "with gradient checkpointing")
     kind = "adapter" if p.method == "lora" else "model"
     t.add_row("[bold]output[/]", gb(p.output_bytes), f"{kind} on disk")
     if p.data is not None:
@@ -122,12 +113,29 @@ def _print_plan(p: Plan) -> None:
     if p.seconds_per_epoch is not None:
         t.add_row("[bold]time per epoch[/]", _duration(p.seconds_per_epoch), f"{p.data_tokens:,} tokens")
     console.print(t)
+    if p.options:
+        _print_options(p)
     r = p.recommendation
     verdict = {True: "[green]fits[/]", False: "[red]does not fit[/]", None: "fit unknown"}[r.fits]
     console.print(f"\n[bold]Recommendation:[/] {r.method}, batch {r.batch_size} x accumulation {r.grad_accum}, "
                   f"max length {r.max_length}: {verdict}", highlight=False)
     for line in r.reasons + p.notes:
         console.print(f"  - {line}", highlight=False)
+    if r.command:
+        console.print(f"  [bold]{escape(r.command)}[/]", highlight=False, soft_wrap=True)
+
+
+def _print_options(p: Plan) -> None:
+    from tunesmith.plan import gb
+
+    gpu = "" if p.device == "cpu" else " per GPU"
+    console.print(f"\n[bold]Configurations that fit {gb(p.available_memory_bytes or 0)}{gpu}, cheapest first[/]",
+                  highlight=False)
+    for k, o in enumerate(p.options, start=1):
+        gpus = f" on each of {o['gpus']} GPUs" if o["gpus"] > 1 else ""
+        console.print(f"  {k}. {escape(o['label'])}: {gb(o['required_bytes'])}{gpus}, {o['relative_time']:.2f}x the "
+                      "time per token", highlight=False)
+        console.print(f"     {escape(o['command'])}", highlight=False, soft_wrap=True, style="dim")
 
 
 def _duration(seconds: float) -> str:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 TARGET_HELP = "A model (built-in name, folder, hub id), a run folder, or an adapter folder."
 ADAPTER_HELP = "A LoRA adapter folder to put on top of the model."
+QUANTIZE_HELP = "Base weights: auto (as the run trained: 4-bit for a QLoRA run), none, 4bit or 8bit."
 
 
 def register(app: typer.Typer) -> None:
@@ -43,12 +44,13 @@ def generate(
     system: str | None = typer.Option(None, "--system", help="A system message."),
     raw: bool = typer.Option(False, "--raw", help="Feed the prompt as plain text, without the chat template."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
+    quantize: str = typer.Option("auto", "--quantize", help=QUANTIZE_HELP),
 ) -> None:
     """Generate one reply and stream it to stdout (stats go to stderr)."""
     from tunesmith.data.tokenize import encode_prompt
 
     text = sys.stdin.read() if prompt == "-" else prompt
-    model, tokenizer = _load(target, adapter, device)
+    model, tokenizer = _load(target, adapter, device, quantize)
     if raw:
         ids = list(tokenizer(text)["input_ids"])
     else:
@@ -67,6 +69,7 @@ def chat(
     seed: int | None = typer.Option(None, "--seed", help="Makes sampling reproducible."),
     system: str | None = typer.Option(None, "--system", help="A system message kept for the whole chat."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, ..."),
+    quantize: str = typer.Option("auto", "--quantize", help=QUANTIZE_HELP),
 ) -> None:
     """Chat in the terminal: history is kept; /reset forgets it, /exit (or Ctrl-D) quits.
 
@@ -74,7 +77,7 @@ def chat(
     """
     from tunesmith.serve.chat import Conversation
 
-    model, tokenizer = _load(target, adapter, device)
+    model, tokenizer = _load(target, adapter, device, quantize)
     window = _context(model) - max_tokens
     if window < 1:
         raise ConfigError(f"--max-tokens {max_tokens} leaves no room for a prompt in a {_context(model)}-token window")
@@ -171,7 +174,8 @@ def _adapter_arg(value: str) -> tuple[str, str]:
     return name, path
 
 
-def _load(target: str, adapter: Path | None, device: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _load(target: str, adapter: Path | None, device: str, quantize: str) -> tuple[PreTrainedModel,
+                                                                                 PreTrainedTokenizerBase]:
     from tunesmith.model.adapters import load_for_inference, resolve_target
     from tunesmith.model.loading import pick_device
     from tunesmith.serve.generate import inference_dtype
@@ -180,7 +184,8 @@ def _load(target: str, adapter: Path | None, device: str) -> tuple[PreTrainedMod
     dev = pick_device(device)
     with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; not the user's concern
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        return load_for_inference(resolve_target(target, adapter), device=dev, dtype=inference_dtype(dev))
+        return load_for_inference(resolve_target(target, adapter, quantize=quantize), device=dev,
+                                  dtype=inference_dtype(dev))
 
 
 def _params(max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: list[str]) -> SamplingParams:

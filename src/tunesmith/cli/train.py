@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
-import typing
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from tunesmith.cli.common import console, quiet_libraries
-from tunesmith.config import LoraSettings, TrainConfig
-
-RUN = "Run"
+from tunesmith.cli.options import RUN, config_file_option, config_options, keyword, settings_from, with_signature
 
 
 def _settings_table(config: Any, manifest: dict[str, Any]) -> None:
@@ -41,66 +37,25 @@ def _settings_table(config: Any, manifest: dict[str, Any]) -> None:
     console.print(t)
 
 
-def _option(f: dataclasses.Field, prefix: str = "") -> inspect.Parameter:
-    """A typer option for one config field: flag, type and help (with the default) from the field itself."""
-    hint = typing.get_type_hints(TrainConfig if not prefix else LoraSettings)[f.name]
-    if typing.get_origin(hint) is typing.Literal:
-        choices, kind = typing.get_args(hint), str
-    else:
-        args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-        choices, kind = (), {bool: bool, int: int, float: float}.get(args[0], str)
-    flag = f.metadata.get("flag") or "--" + (prefix + f.name).replace("_", "-")
-    safety = f.name in ("allow_pickle", "trust_remote_code")  # opt-in only: no --no- form to toggle in YAML
-    decls = [f"{flag}/--no-{flag[2:]}" if kind is bool and not safety else flag]
-    decls += {"model": ["-m"], "out": ["-o"]}.get(f.name, [])
-    default = f.default if f.default is not dataclasses.MISSING else None
-    text = f.metadata["help"]
-    if choices:
-        text += f": {' | '.join(choices)}"
-    if default not in (None, "") and kind is not bool:
-        text += f" \\[default: {default}]"  # escaped: rich would read [default: ...] as markup
-    elif kind is bool and not safety:
-        text += f" \\[default: {'on' if default else 'off'}]"
-    option = typer.Option(None, *decls, help=text + "", rich_help_panel=f.metadata["panel"], show_default=False)
-    return inspect.Parameter(prefix + f.name, inspect.Parameter.KEYWORD_ONLY, default=option,
-                             annotation=kind | None)
-
-
-def _train_parameters() -> list[inspect.Parameter]:
-    data = inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str | None,
-                             default=typer.Argument(None, help="Training data (JSON, JSONL or CSV). Omit with "
-                                                    "--resume RUN."))
-    run = [
-        inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
-                          default=typer.Option(None, "--config", "-c", help="YAML settings; flags override it.",
-                                               rich_help_panel=RUN)),
-        inspect.Parameter("resume", inspect.Parameter.KEYWORD_ONLY, annotation=str | None,
-                          default=typer.Option(None, "--resume", help="Continue a run folder from its last "
-                                               "checkpoint (with more --max-steps/--epochs if you like).",
-                                               rich_help_panel=RUN)),
-        inspect.Parameter("force", inspect.Parameter.KEYWORD_ONLY, annotation=bool,
-                          default=typer.Option(False, "--force", help="Replace an existing run folder.",
-                                               rich_help_panel=RUN)),
-    ]
-    fields_ = [_option(f) for f in dataclasses.fields(TrainConfig) if f.name not in ("data", "lora")]
-    lora = [_option(f, "lora_") for f in dataclasses.fields(LoraSettings)]
-    return [data, *run, *fields_, *lora]
-
-
 def train_command(data: str | None = None, *, config_file: Path | None = None, resume: str | None = None,
                   force: bool = False, **settings: Any) -> None:
     """Fine-tune a model (LoRA or full) on a dataset; writes a self-describing run folder."""
     from tunesmith.api import load_train_config
 
-    targets = settings.get("lora_target_modules")
-    if targets and targets != "all-linear":
-        settings["lora_target_modules"] = [t.strip() for t in targets.split(",") if t.strip()]
-    config = load_train_config(config_file, resume=resume, data=data, **settings)
+    config = load_train_config(config_file, resume=resume, data=data, **settings_from(settings))
     _run_training(config, resume=bool(resume), force=force)
 
 
-train_command.__signature__ = inspect.Signature(_train_parameters())  # type: ignore[attr-defined]
-train_command.__annotations__ = {p.name: p.annotation for p in _train_parameters()}
+with_signature(train_command, [
+    inspect.Parameter("data", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str | None,
+                      default=typer.Argument(None, help="Training data (JSON, JSONL or CSV). Omit with --resume RUN.")),
+    config_file_option(),
+    keyword("resume", str | None, typer.Option(None, "--resume", help="Continue a run folder from its last "
+                                               "checkpoint (with more --max-steps/--epochs if you like).",
+                                               rich_help_panel=RUN)),
+    keyword("force", bool, typer.Option(False, "--force", help="Replace an existing run folder.", rich_help_panel=RUN)),
+    *config_options(),
+])
 
 
 def _run_training(config: Any, *, resume: bool, force: bool) -> None:

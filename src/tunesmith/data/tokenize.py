@@ -41,6 +41,11 @@ class Encoded:
     def supervised(self) -> int:
         return sum(1 for x in self.labels if x != IGNORE)
 
+    @property
+    def targets(self) -> int:
+        """Supervised next-token targets: labels after the shift (a label at position 0 is never predicted)."""
+        return sum(1 for x in self.labels[1:] if x != IGNORE)
+
 
 def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *, generation_prompt: bool) -> str:
     """The chat template's text for `messages` (no tokenization)."""

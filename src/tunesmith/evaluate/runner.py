@@ -45,6 +45,7 @@ class EvalOptions:
     max_length: int | None = None  # tokens per target example for the loss (default: the run's, else 1024)
     device: str = "auto"
     seed: int = 0
+    quantize: str = "auto"  # load a run's base as it trained (auto), or none / 4bit / 8bit
 
 
 @dataclass
@@ -105,7 +106,7 @@ def open_contenders(opts: EvalOptions) -> tuple[Contender, Contender | None]:
     from tunesmith.model.loading import pick_device
 
     device = pick_device(opts.device)
-    target = resolve_target(opts.target, opts.adapter)
+    target = resolve_target(opts.target, opts.adapter, quantize=opts.quantize)
     model, tokenizer = load_for_inference(target, device=device)
     tuned = Contender(target.label, _source(target), tokenizer, lambda: nullcontext(model))
     base_target = resolve_target(opts.base) if opts.base else _manifest_base(opts, target)

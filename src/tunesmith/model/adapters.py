@@ -36,6 +36,7 @@ class Target:
     adapter: Path | None  # PEFT adapter folder, or None
     label: str  # how to call it in reports and the server
     run: Path | None = None  # the run folder it came from, if any
+    quantize: str = "none"  # how to load the base: as the run trained it (4bit/8bit), unless told otherwise
 
 
 def is_adapter_dir(path: Path) -> bool:
@@ -51,12 +52,32 @@ def adapter_base(adapter_dir: Path) -> str:
     return str(base)
 
 
-def resolve_target(name: str | Path | None, adapter: str | Path | None = None) -> Target:
+def resolve_target(name: str | Path | None, adapter: str | Path | None = None, *, quantize: str = "auto") -> Target:
     """Resolve `MODEL|RUN_DIR|ADAPTER_DIR [--adapter A]` to weights plus an optional adapter.
 
     A run folder's base comes from its manifest (recorded identity, fingerprint checked); with `--adapter`
-    a plain model is the base, so a base that moved can be named by hand.
+    a plain model is the base, so a base that moved can be named by hand. `quantize` "auto" loads a run's
+    base the way it trained (e.g. 4-bit for a QLoRA run); none, 4bit or 8bit say otherwise.
     """
+    import contextlib
+    import dataclasses
+
+    target = _resolve(name, adapter)
+    if quantize == "auto":
+        trained = "none"
+        if target.run is not None and target.adapter is not None:
+            from tunesmith.errors import RunError
+            from tunesmith.runfolder import RunFolder
+
+            with contextlib.suppress(RunError):  # a hand-made run folder without config.yaml: full precision
+                trained = RunFolder.open(target.run).config().quantize
+        return dataclasses.replace(target, quantize=trained)
+    if quantize != "none" and target.adapter is None and target.run is not None:
+        raise ModelError(f"{name}: a full fine-tune is loaded as it was saved; drop --quantize")
+    return dataclasses.replace(target, quantize=quantize)
+
+
+def _resolve(name: str | Path | None, adapter: str | Path | None) -> Target:
     from tunesmith.runfolder import RunFolder, is_run
 
     path = Path(str(name)) if name is not None else None
@@ -98,7 +119,7 @@ def load_for_inference(
 
     LoRA training never changes the vocabulary, so the tokenizer is always the base model's.
     """
-    model = load_model(target.model, device=device, dtype=dtype)
+    model = load_model(target.model, device=device, dtype=dtype, quantize=target.quantize)
     tokenizer = load_tokenizer(target.model)
     if target.adapter is not None:
         from peft import PeftModel

@@ -191,13 +191,21 @@ def load_model(
     device: str | torch.device = "cpu",
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
+    quantize: str = "none",
 ) -> PreTrainedModel:
-    """Load a causal LM. Safetensors only, unless `allow_pickle`; fp32 unless a dtype is given."""
+    """Load a causal LM. Safetensors only, unless `allow_pickle`; fp32 unless a dtype is given.
+
+    `quantize` 4bit / 8bit loads the linear layers through bitsandbytes (NF4 with double quantization, or
+    LLM.int8) for a frozen base; embeddings, norms and the LM head keep `dtype`.
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
     ref = model if isinstance(model, ModelRef) else resolve(model)
     if ref.kind == "run":
+        if quantize != "none":
+            raise ModelError(f"{ref.name}: a run used as a base cannot be loaded quantized; merge it first "
+                             f"(tunesmith merge {ref.name} --out DIR) and pass --model DIR")
         return _load_run_model(ref, dtype=dtype, device=device, allow_pickle=allow_pickle,
                                trust_remote_code=trust_remote_code)
     if ref.kind == "local" and not allow_pickle and not _has_safetensors(Path(ref.path)):
@@ -208,11 +216,33 @@ def load_model(
     kwargs: dict[str, Any] = {"dtype": dtype or torch.float32, "trust_remote_code": trust_remote_code}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
+    if quantize != "none":
+        kwargs["quantization_config"] = quantization_config(quantize, dtype or torch.float32)
+        kwargs["device_map"] = str(device)  # bitsandbytes quantizes as it places the weights
     try:
         net = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"model '{ref.name}': cannot load weights: {_first_line(e)}") from None
-    return net.to(device)
+    return net if quantize != "none" else net.to(device)
+
+
+def quantization_config(quantize: str, compute_dtype: torch.dtype) -> Any:
+    """bitsandbytes settings: 4bit = NF4 + double quantization (QLoRA), 8bit = LLM.int8."""
+    import importlib.util
+    import logging as logging_
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"--quantize {quantize} needs bitsandbytes: pip install 'tunesmith[qlora]'")
+    from transformers import BitsAndBytesConfig
+
+    # bitsandbytes looks for optional CPU kernels on the hub at import; the fallback is its own, say nothing
+    logging_.getLogger("bitsandbytes").setLevel(logging_.ERROR)
+    if quantize == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                  bnb_4bit_compute_dtype=compute_dtype)
+    if quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    raise ModelError(f"--quantize {quantize}: expected none, 4bit or 8bit")
 
 
 def pick_device(device: str = "auto") -> str:

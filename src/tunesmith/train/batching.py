@@ -52,11 +52,6 @@ def epoch_order(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) 
     return batches
 
 
-def count_targets(example: Encoded) -> int:
-    """Supervised targets after the next-token shift (a label at position 0 is never predicted)."""
-    return sum(1 for x in example.labels[1:] if x != IGNORE)
-
-
 def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
     import torch
 
@@ -70,5 +65,5 @@ def collate(examples: Sequence[Encoded], pad_id: int) -> Batch:
         mask[row, :n] = 1
         labels[row, :n] = torch.tensor(e.labels)
     tokens = int(mask.sum())
-    targets = sum(count_targets(e) for e in examples)
+    targets = sum(e.targets for e in examples)
     return Batch(ids, mask, labels, tokens, targets)

@@ -21,7 +21,7 @@ from torch import nn
 from tunesmith.data.tokenize import Encoded
 from tunesmith.errors import TrainingError
 from tunesmith.train import checkpoint
-from tunesmith.train.batching import collate, count_targets, epoch_order
+from tunesmith.train.batching import collate, epoch_order
 from tunesmith.train.distributed import Dist, broadcast_flag
 from tunesmith.train.loss import CompletionLoss
 
@@ -122,7 +122,7 @@ def run_loop(
             micro = order[state.batch_in_epoch : state.batch_in_epoch + spec.micro_per_step]
             mine = micro[d.rank :: d.world]
             # Targets of the whole step, all ranks: every rank knows the order, so no communication needed.
-            step_targets = sum(count_targets(spec.train[i]) for b in micro for i in b)
+            step_targets = sum(spec.train[i].targets for b in micro for i in b)
             optimizer.zero_grad(set_to_none=True)
             loss_total, tokens = torch.zeros((), device=spec.device), 0
             for k, indices in enumerate(mine):

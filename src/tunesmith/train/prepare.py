@@ -16,7 +16,6 @@ from tunesmith.config import TrainConfig
 from tunesmith.data.formats import file_sha256, load_examples
 from tunesmith.data.prepare import split
 from tunesmith.data.tokenize import Encoded, encode
-from tunesmith.train.batching import count_targets
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -40,7 +39,7 @@ def _encode_all(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Messages], ma
     kept, dropped = [], 0
     for messages in rows:
         enc = encode(tokenizer, messages, max_length)
-        if count_targets(enc) == 0:
+        if enc.targets == 0:
             dropped += 1  # the reply lies beyond max_length: nothing to learn from
             continue
         kept.append(enc)
@@ -73,7 +72,7 @@ def prepare(
     info.update(
         train_examples=len(train), eval_examples=len(evals), replay_examples=len(replay),
         dropped_beyond_max_length=dropped_train + dropped_eval,
-        train_tokens=sum(len(e.input_ids) for e in train), train_targets=sum(count_targets(e) for e in train),
+        train_tokens=sum(len(e.input_ids) for e in train), train_targets=sum(e.targets for e in train),
     )
     if dropped_train + dropped_eval:
         log.warning("%d examples dropped: their reply starts beyond max_length=%d",

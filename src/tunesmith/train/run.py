@@ -112,7 +112,7 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     total = config.max_steps or max(1, round(config.epochs * spe))
     manifest = _manifest(config, ref, data, tokenizer)
     manifest["schedule"] = {"steps_per_epoch": spe, "total_steps": total}
-    manifest["plan"] = _plan(config, data, s.device)
+    manifest["plan"] = _plan(config, data, s.device, s.dist.world)
     if s.dist.main:
         if s.resume:
             _check_same_run(s.run, manifest)
@@ -122,7 +122,7 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     if hooks.on_start:
         hooks.on_start(config, manifest)
 
-    model = _build_model(config, ref, s.device)
+    model = build_model(config, ref, s.device)
     loss_fn = CompletionLoss(model)
     fast_paths = check_fast_paths(loss_fn, data.train, tokenizer.pad_token_id, s.device)
     if s.dist.main:
@@ -186,16 +186,13 @@ def _manifest(config: TrainConfig, ref: ModelRef, data: RunData, tokenizer: Any)
     }
 
 
-def _plan(config: TrainConfig, data: RunData, device: str) -> dict[str, Any]:
+def _plan(config: TrainConfig, data: RunData, device: str, world: int) -> dict[str, Any]:
     """The planner's estimate for this very run, kept next to what is measured (see `_finish`)."""
     from tunesmith.plan import DataStats, estimate
 
     try:
-        dtype = "bfloat16" if base_dtype(config, device) == torch.bfloat16 else None
-        plan = estimate(config.model, config.method, batch_size=config.batch_size, max_length=config.max_length,
-                        lora_r=config.lora.r, target_modules=config.lora.target_modules, device=device, dtype=dtype,
-                        data=DataStats.from_encoded(data.train), epochs=config.epochs,
-                        lora_dropout=config.lora.dropout, allocator=current_allocator())
+        plan = estimate(config, device=device, world=world, data=DataStats.from_encoded(data.train),
+                        allocator=current_allocator())
     except Exception as e:  # an estimate must never stop a run (e.g. an architecture the planner can't read)
         log.warning("no resource estimate for this run: %s", e)
         return {"error": str(e)}
@@ -208,10 +205,14 @@ def base_dtype(config: TrainConfig, device: str) -> torch.dtype:
     return torch.bfloat16 if config.method == "lora" and device.startswith("cuda") else torch.float32
 
 
-def _build_model(config: TrainConfig, ref: ModelRef, device: str) -> torch.nn.Module:
+def build_model(config: TrainConfig, ref: ModelRef, device: str) -> torch.nn.Module:
+    """The model as training uses it: base (dtype, quantization, checkpointing) plus fresh LoRA adapters."""
     model = load_model(ref, device=device, dtype=base_dtype(config, device), allow_pickle=config.allow_pickle,
-                       trust_remote_code=config.trust_remote_code)
+                       trust_remote_code=config.trust_remote_code, quantize=config.quantize)
     model.config.use_cache = False  # no KV cache while training
+    if config.gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA), custom autograd functions (fused MLP) and FSDP hooks.
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if config.method == "lora":
         from tunesmith.model.lora import add_lora
 

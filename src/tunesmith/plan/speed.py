@@ -1,0 +1,97 @@
+"""Time: training FLOPs per token, the device's matmul rate, and calibration on real training steps.
+
+FLOPs per token are 6 per weight for full fine-tuning (forward 2, input and weight gradients 2 + 2), 4 per
+frozen weight (no weight gradient) plus 6 per adapter weight for LoRA, the LM head only on the supervised
+share, and 6 x L x T x q for causal attention (half of the T x T scores, forward + 2x backward). Gradient
+checkpointing runs each layer's forward twice (+2 per weight, + the attention forward). Divided by this
+device's measured matmul rate times `EFFICIENCY` (and `QUANT_EFFICIENCY` for a quantized base, whose
+weights are dequantized for every matmul), or, better, by the rate of a few real training steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import TYPE_CHECKING, Any
+
+from tunesmith.model.arch import Arch, lora_params
+from tunesmith.plan.memory import Setup
+
+if TYPE_CHECKING:
+    from tunesmith.config import TrainConfig
+
+EFFICIENCY = {"cpu": 0.3, "cuda": 0.4}  # share of the matmul rate a training step reaches (CPU: measured)
+QUANT_EFFICIENCY = {"none": 1.0, "nf4": 0.75, "int8": 0.6}  # dequantization per matmul (assumed)
+ASSUMED_CUDA_FLOPS = 150e12  # bf16 matmul rate assumed for a GPU that is not in this machine
+
+
+def flops_per_token(arch: Arch, s: Setup) -> float:
+    """Training FLOPs per token (see the module doc): weights, LM head on targets only, causal attention."""
+    body = arch.layers * arch.layer_matmul_params
+    head = arch.embedding_params * s.targets_per_row / max(s.seq_len, 1)
+    attention = 6 * arch.layers * s.seq_len * arch.q
+    recompute = (2 * body + attention / 3) if s.checkpointing else 0.0
+    if s.method == "full":
+        return 6 * (body + head) + attention + recompute
+    return 4 * (body + head) + 6 * lora_params(arch, s.r, s.targets) + attention + recompute
+
+
+def matmul_flops(device: str, seconds: float = 0.2) -> float:
+    """This device's measured matrix-multiply rate (FLOP/s): fp32 on CPU, bf16 on CUDA."""
+    import torch
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    n = 1024
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    a @ b  # warm-up
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or done < 2:
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()  # wait for the GPU before reading the clock
+        done += 1
+    return 2 * n**3 * done / elapsed
+
+
+def calibrate(config: TrainConfig, ref: Any, arch: Arch, s: Setup, *, steps: int = 2, max_tokens: int = 256) -> float:
+    """Tokens per second of real training steps, with the model built exactly as `tunesmith train` builds it.
+
+    On CPU the batch is capped at `max_tokens` so it takes seconds; the rate is scaled to the planned shape
+    with the FLOPs model. One warm-up step is not timed.
+    """
+    import torch
+
+    from tunesmith.train.kernels import fuse_gated_mlps
+    from tunesmith.train.loop import autocast
+    from tunesmith.train.loss import CompletionLoss
+    from tunesmith.train.optim import make_optimizer
+    from tunesmith.train.run import build_model
+
+    seq = min(s.seq_len, max_tokens) if s.device == "cpu" else s.seq_len
+    batch = max(1, min(s.batch_size, max_tokens // seq)) if s.device == "cpu" else s.batch_size
+    net = build_model(config, ref, s.device)
+    fuse_gated_mlps(net)
+    loss_fn, optimizer = CompletionLoss(net), make_optimizer(net, 1e-5, 0.0, s.device)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, net.config.vocab_size, (batch, seq), generator=gen).to(s.device)
+    labels = ids.clone()
+    labels[:, : seq - max(1, round(s.targets_per_row * seq / s.seq_len))] = -100  # supervise the tail
+    net.train()
+    for k in range(steps + 1):
+        if k == 1:
+            start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        with autocast(s.device):
+            loss, n = loss_fn(ids, labels)
+        (loss / n).backward()
+        optimizer.step()
+    loss.item()  # waits for the device
+    rate = batch * seq * steps / (time.perf_counter() - start)
+    short = dataclasses.replace(s, seq_len=seq, targets_per_row=s.targets_per_row * seq / s.seq_len)
+    return rate * flops_per_token(arch, short) / flops_per_token(arch, s)
+
+
+def flops_rate(s: Setup, here: bool) -> tuple[float, str]:
+    """FLOP/s a training step of `s` reaches: measured matmul rate (or an assumed GPU) x efficiency."""
+    peak, source = (matmul_flops(s.device), "matmul") if here else (ASSUMED_CUDA_FLOPS, "assumed")
+    return peak * EFFICIENCY[s.device] * QUANT_EFFICIENCY[s.quant], source
