@@ -223,7 +223,31 @@ def load_model(
         net = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"model '{ref.name}': cannot load weights: {_first_line(e)}") from None
-    return net if quantize != "none" else net.to(device)
+    if quantize == "none":
+        return net.to(device)
+    _settle_quantized(net)
+    return net
+
+
+def _settle_quantized(net: PreTrainedModel) -> None:
+    """Two fixes to a bitsandbytes model on CPU.
+
+    - Copy the weights quantization left as views of the memory-mapped checkpoint (embeddings, norms):
+      otherwise they keep the whole file mapped, and every page read while quantizing stays resident (on the
+      built-in model, 415 MB of fp32 weights that the 4-bit base no longer uses).
+    - Keep 4-bit layers out of bitsandbytes' CPU inference packing: the first forward in eval mode repacks
+      the weights for good, and from then on the backward pass silently skips the gradient through them
+      (its packed kernel has no autograd), which training after an evaluation would need.
+    """
+    import torch
+
+    with torch.no_grad():
+        for p in net.parameters():
+            if type(p).__name__ not in ("Params4bit", "Int8Params") and p.device.type == "cpu":
+                p.data = p.data.clone()
+    for module in net.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def quantization_config(quantize: str, compute_dtype: torch.dtype) -> Any:
