@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from tunesmith.errors import ConfigError
-from tunesmith.evaluate.guard import (
+from tunesmith.evaluate.metrics import exact_match, normalize, rouge_l, token_f1
+from tunesmith.evaluate.refusal import WINDOW, is_refusal
+from tunesmith.evaluate.suite import Task, TaskScores
+from tunesmith.evaluate.verdict import (
     Thresholds,
     compare_task,
     judge,
@@ -16,9 +19,6 @@ from tunesmith.evaluate.guard import (
     paired_bootstrap,
     parse_thresholds,
 )
-from tunesmith.evaluate.metrics import exact_match, normalize, rouge_l, token_f1
-from tunesmith.evaluate.refusal import WINDOW, is_refusal
-from tunesmith.evaluate.suite import Task, TaskScores
 
 
 def test_normalize_and_exact_match():

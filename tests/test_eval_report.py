@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.evaluate.guard import Thresholds, compare
 from tunesmith.evaluate.report import fmt_delta, fmt_value, write
 from tunesmith.evaluate.suite import Task, TaskScores
 from tunesmith.evaluate.target import TargetScores, compare_target
+from tunesmith.evaluate.verdict import Thresholds, compare
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

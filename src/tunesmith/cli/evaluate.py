@@ -45,8 +45,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
     ) -> None:
         """Compare a fine-tuned model with its base. Exit 0: pass or warn; 1: fail; 2: bad input."""
-        from tunesmith.evaluate.guard import parse_thresholds
         from tunesmith.evaluate.runner import EvalOptions, gather_tasks, out_dir, run_dir_of
+        from tunesmith.evaluate.verdict import parse_thresholds
 
         opts = EvalOptions(
             target=target, adapter=adapter, base=base, data=data, suite=suite, keep=tuple(keep or ()), out=out,

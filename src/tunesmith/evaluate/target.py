@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import Message
-from tunesmith.evaluate.guard import Thresholds, paired_bootstrap
 from tunesmith.evaluate.metrics import completion_nll, text_scores
+from tunesmith.evaluate.verdict import Thresholds, paired_bootstrap
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

@@ -184,6 +184,14 @@ def load_tokenizer(model: str | ModelRef | None, *, trust_remote_code: bool = Fa
     return tok
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id to pad with: the pad token (`load_tokenizer` always sets one), else end-of-text, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
 def load_model(
     model: str | ModelRef | None,
     *,
