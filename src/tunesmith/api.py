@@ -81,6 +81,21 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, force: bool = False,
     return train(config, resume=resume, force=force, hooks=hooks, extras=Extras(guard_factory, replay))
 
 
+def guard_summary(result: RunResult) -> str:
+    """One sentence: what the forgetting guard said about the exported step, and how general skills moved."""
+    if not result.guard:
+        return "guard: off; `tunesmith eval` compares the tuned model with its base"
+    base, exported = result.guard.get("base", {}), result.guard.get("exported", {})
+    verdict = exported.get("guard_verdict")
+    if verdict is None:
+        return f"guard: the exported step {result.exported_step} was not scored; `tunesmith eval` checks it"
+    moves = [f"{k.removeprefix('guard/')} {base[k]:.2f} -> {exported[k]:.2f}" for k in sorted(exported)
+             if k.startswith("guard/") and k in base]
+    words = {"pass": "general skills held", "warn": "some general skills slipped",
+             "fail": "general skills were lost"}[verdict]
+    return f"guard at step {result.exported_step}: {verdict.upper()}, {words} ({', '.join(moves)})"
+
+
 def merge_adapter(target: str | Path, out: str | Path, *, adapter: str | Path | None = None,
                   force: bool = False) -> MergeResult:
     """Fold a LoRA adapter into its base model and save a plain model folder."""

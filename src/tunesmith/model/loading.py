@@ -137,7 +137,8 @@ def _convert_gguf(name: str, target: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = gguf_file(name)
-    log.info("converting built-in model %s from %s (once)", name, source)
+    log.info("converting the built-in model %s from the GGUF file its package ships into %s (once; about 30 s)",
+             name, target)
     folder, file = str(source.parent), source.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)

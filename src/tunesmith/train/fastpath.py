@@ -98,7 +98,7 @@ def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_i
 
 def _report(name: str, ok: bool, diff: float) -> bool:
     if ok:
-        log.info("fast path %s: on (max difference %.2e)", name, diff)
+        log.debug("fast path %s: on (max difference %.2e)", name, diff)
     else:
         log.warning("fast path %s: differs from the model's own forward (max difference %.2e); using the plain "
                     "path", name, diff)

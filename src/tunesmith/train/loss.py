@@ -115,7 +115,7 @@ class CompletionLoss(nn.Module):
             fast = head(self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask)
                         .last_hidden_state)
         except (AttributeError, NotImplementedError, TypeError) as e:
-            log.info("LM-head-on-targets path unavailable (%s)", e)
+            log.debug("LM-head-on-targets path unavailable (%s)", e)
             return False
         full = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         return torch.allclose(fast.float(), full.float(), atol=atol, rtol=atol)

@@ -51,6 +51,7 @@ class RunResult:
     config: TrainConfig
     exported_step: int
     manifest: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] = field(default_factory=dict)  # the guard's record at step 0 ("base") and the exported step
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,10 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     if s.dist.main:
         s.run.update_manifest(fast_paths=fast_paths)
     guard = extras.guard_factory(tokenizer) if extras.guard_factory and s.dist.main else None
+    if s.dist.main and (guard is not None or (data.eval and not s.resume)):
+        what = ", ".join(w for w in ("" if s.resume else f"{len(data.eval)} eval examples",
+                                      "the forgetting-guard slice" if guard is not None else "") if w)
+        log.info("scoring the base model (%s): the reference every evaluation is compared with", what)
     baseline = guard.baseline(model) if guard is not None else {}  # LoRA at init equals the base model
     optimizer = make_optimizer(model, config.lr, config.weight_decay, s.device)
     scheduler = make_scheduler(optimizer, total, config.warmup, config.schedule)
@@ -261,8 +266,22 @@ def _finish(s: _Session, config: TrainConfig, model: torch.nn.Module, tokenizer:
     if s.device.startswith("cuda"):
         result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     plan = s.run.manifest().get("plan") or {}
+    guard = _guard_records(s.run, exported)
+    if guard:
+        result["guard_verdict"] = guard.get("exported", {}).get("guard_verdict")
     manifest = s.run.update_manifest(result=result, estimate_vs_measured=_compare(plan, result, state))
-    return RunResult(s.run.path, out, size, state, replace(config), exported, manifest)
+    return RunResult(s.run.path, out, size, state, replace(config), exported, manifest, guard)
+
+
+def _guard_records(run: RunFolder, exported: int) -> dict[str, Any]:
+    """The guard's scores of the base model (step 0) and of the exported step, from the metrics log."""
+    records = {r["step"]: r for r in run.metrics() if any(k.startswith("guard/") for k in r)}
+    if not records:
+        return {}
+    out = {"base": records.get(0, {})}
+    if exported in records:
+        out["exported"] = records[exported]
+    return out
 
 
 def _compare(plan: dict[str, Any], result: dict[str, Any], state: checkpoint.TrainState) -> dict[str, Any]:
