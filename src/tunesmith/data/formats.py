@@ -164,8 +164,11 @@ def _used_columns(
                          f"{', '.join(columns)}); name the right one with --columns {hint}"])
     keep = set(required + optional)
     unused = [c for c in columns if back.get(c, c) not in keep]
-    return [_Record(r.where, {k: v for k, v in r.value.items() if k in keep}) if isinstance(r.value, dict) else r
-            for r in records], unused
+
+    def used(value: dict[str, Any]) -> dict[str, Any]:  # a null optional cell is an absent value
+        return {k: v for k, v in value.items() if k in keep and not (v is None and k in optional)}
+
+    return [_Record(r.where, used(r.value)) if isinstance(r.value, dict) else r for r in records], unused
 
 
 def _keys(fmt: str) -> str:

@@ -7,8 +7,8 @@
 - documents: a `.txt` or `.md` file, or a folder of them (searched recursively), one document each.
 
 Locations: a table row is `file.parquet:row 12`, 0-based as in `dataset[12]`; a document is its path. Arrow
-has null but no "absent", so null fields are dropped: a null required column reads as a missing key. The
-files are only ever read.
+has null but no "absent": a struct field a row lacks is null, so nulls inside values are dropped (a null
+cell stays null; `formats` drops it for optional columns). The files are only ever read.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def _read_table(path: Path):  # -> pyarrow.Table
 def _rows(rows: list[dict[str, Any]], columns: list[str], name: str, sha256: str) -> Source:
     if not rows:
         raise DataError([f"{name}: table: no rows; it needs at least one example"])
-    records = [Record(f"{name}:row {i}", _drop_nulls(row)) for i, row in enumerate(rows)]
+    records = [Record(f"{name}:row {i}", {k: _drop_nulls(v) for k, v in row.items()}) for i, row in enumerate(rows)]
     return Source(records, sha256, columns=list(columns))
 
 
