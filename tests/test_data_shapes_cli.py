@@ -113,7 +113,7 @@ def test_columns_map_a_table_for_training(monkeypatch, capsys, tmp_path, tiny_mo
 
 
 def test_prepare_and_leakage_for_documents(monkeypatch, capsys, tmp_path, tiny_model_dir):
-    rows = _rows("text") + [_rows("text")[0]]  # an exact copy of the first document
+    rows = [*_rows("text"), _rows("text")[0]]  # an exact copy of the first document
     path = _write(tmp_path / "docs.jsonl", rows)
     out = tmp_path / "prepared"
     code, _, err = run(monkeypatch, capsys, "data", "prepare", str(path), "--out", str(out), "--model",
