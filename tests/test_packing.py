@@ -68,8 +68,8 @@ def test_packed_logits_and_loss_equal_each_example_alone(model, tiny_tokenizer):
     loss_fn = CompletionLoss(model)
     with torch.no_grad():
         b = collate([row], tiny_tokenizer.pad_token_id)
-        packed_sum, packed_n = loss_fn(b.input_ids, b.labels, b.position_ids)
-        sums = [loss_fn(*(lambda x: (x.input_ids, x.labels))(collate([p], tiny_tokenizer.pad_token_id))) for p in parts]
+        packed_sum, packed_n = loss_fn(b.input_ids, b.labels, b.attention_mask, b.position_ids)
+        sums = [loss_fn(c.input_ids, c.labels) for c in (collate([p], tiny_tokenizer.pad_token_id) for p in parts)]
     assert int(packed_n) == sum(int(n) for _, n in sums) == b.targets == sum(p.targets for p in parts)
     assert float(packed_sum) == pytest.approx(sum(float(s) for s, _ in sums), rel=1e-5)
 
@@ -80,7 +80,7 @@ def test_padded_batch_of_packed_and_plain_rows_matches_alone(model, tiny_tokeniz
     loss_fn = CompletionLoss(model)
     with torch.no_grad():
         b = collate(rows, tiny_tokenizer.pad_token_id)
-        total, n = loss_fn(b.input_ids, b.labels, b.position_ids)
+        total, n = loss_fn(b.input_ids, b.labels, b.attention_mask, b.position_ids)
         alone = [loss_fn(c.input_ids, c.labels) for c in (collate([p], tiny_tokenizer.pad_token_id) for p in parts)]
     assert int(n) == sum(int(k) for _, k in alone)
     assert float(total) == pytest.approx(sum(float(s) for s, _ in alone), rel=1e-5)
@@ -132,8 +132,8 @@ def test_check_packing_passes_here_and_catches_a_model_that_mixes(model, tiny_to
             super().__init__()
             self.inner = inner
 
-        def forward(self, input_ids, position_ids=None, use_cache=None):
-            return self.inner(input_ids=input_ids, use_cache=False)
+        def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=None):
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
 
     class Wrapper(torch.nn.Module):
         def __init__(self, m):

@@ -129,7 +129,8 @@ def prepare(
         (folder / "eval.jsonl").unlink()  # a stale split from an earlier --force run would mislead
     report = {
         "tunesmith_version": __version__,
-        "input": {"path": data.path, "format": data.format, "count": len(data.examples), "sha256": data.sha256 or file_sha256(data.path)},
+        "input": {"path": data.path, "format": data.format, "count": len(data.examples),
+                  "sha256": data.sha256 or file_sha256(data.path)},
         "settings": {"eval_fraction": config.eval_fraction, "seed": config.seed, "dedup": config.dedup},
         "output": {"format": "text" if data.format == "text" else "chat",
                    "train": _file_entry(folder / "train.jsonl", train),
