@@ -95,7 +95,7 @@ def test_unreadable_and_empty_tables(tmp_path):
 
 
 def test_datasets_save_to_disk_folders(tmp_path):
-    import datasets
+    datasets = pytest.importorskip("datasets")  # the `datasets` extra
 
     datasets.Dataset.from_list(QA).save_to_disk(str(tmp_path / "one"))
     data = load_dataset(tmp_path / "one")
@@ -110,7 +110,7 @@ def test_datasets_save_to_disk_folders(tmp_path):
 
 
 def test_hub_id_offline_is_one_clear_line(monkeypatch):
-    import datasets
+    datasets = pytest.importorskip("datasets")
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)  # conftest sets HF_DATASETS_OFFLINE=1 as well
     (problem,) = _problems("tunesmith-test/no-such-dataset")
@@ -120,7 +120,7 @@ def test_hub_id_offline_is_one_clear_line(monkeypatch):
 
 
 def test_hub_id_goes_through_datasets_load_dataset(monkeypatch):
-    import datasets
+    datasets = pytest.importorskip("datasets")
 
     calls = []
 
