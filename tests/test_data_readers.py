@@ -179,3 +179,21 @@ def test_jsonl_of_text_records(tmp_path):
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in ("one", "two")), encoding="utf-8")
     assert [e.text for e in load_dataset(path, "text").examples] == ["one", "two"]
+
+
+def test_hub_and_folder_split_problems(monkeypatch, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from datasets.exceptions import DatasetNotFoundError
+
+    def missing(repo, split=None):
+        raise DatasetNotFoundError(f"Dataset '{repo}' doesn't exist on the Hub or cannot be accessed.")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    assert _problems("org/nothing") == ["org/nothing: no such file here, and no such dataset on the Hugging Face Hub"]
+    datasets.DatasetDict({"a": datasets.Dataset.from_list(QA), "b": datasets.Dataset.from_list(QA)}).save_to_disk(
+        str(tmp_path / "ab"))
+    assert _problems(tmp_path / "ab") == [f"{tmp_path / 'ab'}: several splits and none is 'train'; name one as "
+                                          f"{tmp_path / 'ab'}:SPLIT, one of a, b"]
+    datasets.Dataset.from_list(QA).save_to_disk(str(tmp_path / "one"))
+    assert _problems(f"{tmp_path / 'one'}:test") == [
+        f"{tmp_path / 'one'}:test: this `datasets` folder holds one split, not named ones; drop ':test'"]
