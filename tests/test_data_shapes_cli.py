@@ -132,3 +132,27 @@ def test_prepare_and_leakage_for_documents(monkeypatch, capsys, tmp_path, tiny_m
     assert code == 1 and report["leakage"]["exact"]  # eval documents are in the original file
     assert report["exact_duplicates"] == [[f"{path}:1", f"{path}:13"]] and report["conflicts"] == []
     assert report["tokens"]["supervised"] == report["tokens"]["total"]  # every token of a document is trained on
+
+
+def test_plan_counts_packed_documents_and_advise_refuses_them(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    path = _write(tmp_path / "notes.jsonl", [{"body": " ".join([d] * 3)} for d in DOCS])
+    code, out, err = run(monkeypatch, capsys, "plan", "--model", str(tiny_model_dir), "--data", str(path),
+                         "--columns", "text=body", "--max-length", "64", "--no-calibrate", "--json")
+    assert code == 0, err
+    data = json.loads(out)["data"]
+    assert data["truncated"] == 0 and data["longest"] <= 64
+    assert -(-data["tokens"] // 64) <= data["examples"] <= -(-data["tokens"] // 64) + 1  # packed rows, nearly full
+    code, _, err = run(monkeypatch, capsys, "advise", "--data", str(path), "--columns", "text=body")
+    assert code == 2 and err.strip() == (
+        f"error: --data {path}: documents (text) have no prompts and replies to weigh; advise reads chat or "
+        "prompt/completion examples (for knowledge from documents see docs/documents.md)")
+
+
+def test_the_documents_recipe_chains_cpt_into_sft(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    """docs/documents.md: stage 2 takes the stage-1 run folder as its base (LoRA merged in)."""
+    docs = _write(tmp_path / "docs.jsonl", _rows("text"))
+    _train(monkeypatch, capsys, str(docs), tmp_path / "cpt", tiny_model_dir, "--format", "text", "--eval-fraction", "0")
+    qa = _write(tmp_path / "qa.jsonl", _rows("sharegpt"))
+    manifest = _train(monkeypatch, capsys, str(qa), tmp_path / "sft", tmp_path / "cpt", "--eval-fraction", "0")
+    assert manifest["data"]["format"] == "sharegpt" and manifest["result"]["steps"] == 2
+    assert manifest["base_model"]["kind"] == "run"
