@@ -107,4 +107,4 @@ def merge_adapter(target: str | Path, out: str | Path, *, adapter: str | Path | 
 def _count_examples(config: TrainConfig) -> int:
     from tunesmith.data.formats import load_examples
 
-    return len(load_examples(config.data, config.format))
+    return len(load_examples(config.data, config.format, config.columns))

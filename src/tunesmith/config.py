@@ -58,10 +58,13 @@ class LoraSettings:
 class TrainConfig:
     """One fine-tuning run. `None` means "chosen from the data and method" (see `resolve_defaults`)."""
 
-    data: str = setting("", "Training data (JSON, JSONL or CSV)", panel="Run")
+    data: str = setting("", "Training data: JSONL, JSON, CSV, Parquet, Arrow, a `datasets` folder, a hub id, or "
+                        ".txt/.md documents", panel="Run")
     eval_data: str | None = setting(None, "Eval data; default: hold out eval_fraction of the data",
                                     flag="--eval", panel="Run")
     format: Format = setting("auto", "Dataset format (auto: detected from the keys)", panel="Run")
+    columns: str | None = setting(None, "Other column names, KEY=COLUMN: prompt=question,completion=answer",
+                                  panel="Run")
     model: str = setting("smollm2-135m", "Base model: built-in name, local folder, run folder or hub id",
                          panel="Run")
     method: Method = setting("lora", "What trains: lora (a small adapter) or full (every weight)", panel="Run")

@@ -5,7 +5,7 @@ RUN/
   manifest.json        base model (name, kind, absolute path, content fingerprint), data hashes, chat
                        template, versions, schedule, the planner's estimate, and the result once exported
   metrics.jsonl        one JSON line per step and per evaluation (step 0: the base model's scores)
-  data/train.jsonl     the exact split training used (chat messages)
+  data/train.jsonl     the exact split training used (chat messages; documents for the text format)
   data/eval.jsonl
   checkpoints/         step-NNNNNN/ folders and `latest` / `best` pointers (format: tunesmith.train.checkpoint)
   adapter/             LoRA output: a PEFT adapter (adapter_config.json + adapter_model.safetensors)
@@ -269,6 +269,6 @@ def _write_jsonl(path: Path, rows: Sequence[Messages]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for messages in rows:
-            f.write(json.dumps({"messages": messages}, ensure_ascii=False) + "\n")
+        for row in rows:  # a document (the `text` format) is a string
+            f.write(json.dumps({"text": row} if isinstance(row, str) else {"messages": row}, ensure_ascii=False) + "\n")
     os.replace(tmp, path)

@@ -13,6 +13,10 @@ from tunesmith.errors import TunesmithError
 console = Console()
 console_err = Console(stderr=True)
 
+DATA_HELP = "JSONL, JSON, CSV, Parquet, Arrow, a `datasets` folder, a hub id, or .txt/.md documents (a file or folder)."
+FORMAT_HELP = "auto | prompt_completion | chat | alpaca | sharegpt | chat_prompt_completion | text."
+COLUMNS_HELP = "Other column names, KEY=COLUMN: prompt=question,completion=answer."
+
 
 def fail(e: TunesmithError) -> NoReturn:
     """Print a user-facing error (one line, or the first 20 problems of a dataset) and exit."""

@@ -31,7 +31,8 @@ def _settings_table(config: Any, manifest: dict[str, Any]) -> None:
                                     if config.method == "lora" else "")),
         ("data", f"{data['train_examples']} train / {data['eval_examples']} eval examples, "
                  f"{data['train_targets']} supervised tokens"
-                 + (f", {data['replay_examples']} replay" if data.get("replay_examples") else "")),
+                 + (f", {data['replay_examples']} replay" if data.get("replay_examples") else "")
+                 + (f", packed into {data['train_rows']} rows" if "train_rows" in data else "")),
         ("lr", f"{config.lr:g} {config.schedule}, warmup {config.warmup:g}"),
         ("steps", f"{sched['total_steps']} ({sched['steps_per_epoch']}/epoch, epochs {config.epochs:g})"),
         ("batch", f"{config.batch_size} x accum {config.grad_accum}, max_length {config.max_length}"),

@@ -27,10 +27,12 @@ SHOWN = 5  # wins and regressions listed in the report
 
 
 def load_target_data(path: str, limit: int) -> list[Chat]:
-    """The first `limit` examples of a dataset file, as message lists ending with the reference reply."""
+    """The first `limit` examples of a dataset file, as message lists ending with the reference reply.
+
+    Documents (a `text` run's eval split) have no reply to compare, so they are not a target task."""
     from tunesmith.data.formats import load_examples
 
-    return [ex.messages for ex in load_examples(path)[: max(limit, 0)]]
+    return [ex.messages for ex in load_examples(path)[: max(limit, 0)] if ex.messages]
 
 
 @dataclass(frozen=True)

@@ -99,12 +99,14 @@ class DataStats:
 
 
 def data_stats(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> DataStats:
-    """Load and tokenize `config.data` exactly as training will (format, max_length)."""
-    from tunesmith.data.formats import load_examples
-    from tunesmith.data.tokenize import encode
+    """Load and tokenize `config.data` exactly as training will (format, columns, max_length; documents packed)."""
+    from tunesmith.data.formats import load_dataset
+    from tunesmith.train.batching import training_rows
 
-    examples = load_examples(config.data, config.format)
-    return DataStats.from_encoded([encode(tokenizer, ex.messages, config.max_length) for ex in examples])
+    data = load_dataset(config.data, config.format, config.columns)
+    rows, _ = training_rows(tokenizer, [ex.content for ex in data.examples], config.max_length,
+                            packed=data.format == "text")
+    return DataStats.from_encoded(rows)
 
 
 def setup_for(config: TrainConfig, arch: Arch, device: str, world: int = 1, data: DataStats | None = None,

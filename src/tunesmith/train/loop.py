@@ -96,7 +96,7 @@ def eval_loss(loss_fn: CompletionLoss, data: Sequence[Encoded], *, pad_id: int, 
     for start in range(0, len(order), batch_size):
         batch = collate([data[i] for i in order[start : start + batch_size]], pad_id).to(device)
         with autocast(device):
-            loss_sum, count = loss_fn(batch.input_ids, batch.labels, batch.attention_mask)
+            loss_sum, count = loss_fn(batch.input_ids, batch.labels, batch.attention_mask, batch.position_ids)
         total += float(loss_sum)
         n += int(count)
     model.train(was_training)
@@ -131,7 +131,7 @@ def run_loop(
                 if d.enabled and k < len(mine) - 1:
                     sync = loss_fn.no_sync()  # all-reduce gradients once, on the last micro-batch
                 with sync, autocast(spec.device):
-                    loss_sum, _ = loss_fn(batch.input_ids, batch.labels, batch.attention_mask)
+                    loss_sum, _ = loss_fn(batch.input_ids, batch.labels, batch.attention_mask, batch.position_ids)
                     # DDP averages gradients over ranks; scale so the result is the mean over all targets.
                     (loss_sum * d.world / max(step_targets, 1)).backward()
                 loss_total += loss_sum.detach()

@@ -2,7 +2,7 @@
 
 The eval split is `tunesmith.data.prepare.split`, the same one `tunesmith data prepare` writes: examples that
 share a prompt or nearly duplicate each other stay on one side, so the eval set never asks what training
-answered.
+answered. Documents (the `text` format) are packed into rows of max_length tokens (`train.batching.pack`).
 """
 
 from __future__ import annotations
@@ -13,16 +13,17 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import TrainConfig
-from tunesmith.data.formats import file_sha256, load_examples
+from tunesmith.data.formats import load_dataset
 from tunesmith.data.prepare import split
-from tunesmith.data.tokenize import Encoded, encode
+from tunesmith.data.tokenize import Encoded
+from tunesmith.train.batching import training_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict[str, Any]]
+Messages = list[dict[str, Any]] | str  # a chat example, or a document (the `text` format)
 MIN_FOR_SPLIT = 10  # below this many examples, no eval split is held out
 
 
@@ -35,45 +36,39 @@ class RunData:
     info: dict[str, Any] = field(default_factory=dict)  # goes into the manifest
 
 
-def _encode_all(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Messages], max_length: int):
-    kept, dropped = [], 0
-    for messages in rows:
-        enc = encode(tokenizer, messages, max_length)
-        if enc.targets == 0:
-            dropped += 1  # the reply lies beyond max_length: nothing to learn from
-            continue
-        kept.append(enc)
-    return kept, dropped
-
-
 def prepare(
     config: TrainConfig, tokenizer: PreTrainedTokenizerBase, replay: Sequence[Messages] = ()
 ) -> RunData:
-    examples = load_examples(config.data, config.format)
-    info: dict[str, Any] = {"train": {"path": str(config.data), "sha256": file_sha256(config.data)}}
+    data = load_dataset(config.data, config.format, config.columns)
+    examples = data.examples
+    info: dict[str, Any] = {"train": {"path": str(config.data), "sha256": data.sha256}, "format": data.format}
     if config.eval_data:
-        eval_rows = [e.messages for e in load_examples(config.eval_data, config.format)]
-        info["eval"] = {"path": str(config.eval_data), "sha256": file_sha256(config.eval_data)}
-        train_rows = [e.messages for e in examples]
+        evals = load_dataset(config.eval_data, config.format, config.columns)
+        eval_rows = [e.content for e in evals.examples]
+        info["eval"] = {"path": str(config.eval_data), "sha256": evals.sha256}
+        train_rows = [e.content for e in examples]
     else:
         held: list = []
         if config.eval_fraction > 0 and len(examples) >= MIN_FOR_SPLIT:
             examples, held = split(examples, config.eval_fraction, config.seed)
-        train_rows, eval_rows = [e.messages for e in examples], [e.messages for e in held]
+        train_rows, eval_rows = [e.content for e in examples], [e.content for e in held]
         info["eval"] = {"held_out_from_train": len(eval_rows), "fraction": config.eval_fraction,
                         "split": "by prompt and near-duplicate group"}
     train_rows = train_rows + list(replay)
-    train, dropped_train = _encode_all(tokenizer, train_rows, config.max_length)
-    evals, dropped_eval = _encode_all(tokenizer, eval_rows, config.max_length)
+    packed = data.format == "text"
+    train, dropped_train = training_rows(tokenizer, train_rows, config.max_length, packed=packed)
+    evals, dropped_eval = training_rows(tokenizer, eval_rows, config.max_length, packed=packed)
     if not train:
         from tunesmith.errors import DataError
 
         raise DataError([f"{config.data}: no example has a reply within max_length={config.max_length}"])
     info.update(
-        train_examples=len(train), eval_examples=len(evals), replay_examples=len(replay),
-        dropped_beyond_max_length=dropped_train + dropped_eval,
+        train_examples=len(train_rows) - dropped_train, eval_examples=len(eval_rows) - dropped_eval,
+        replay_examples=len(replay), dropped_beyond_max_length=dropped_train + dropped_eval,
         train_tokens=sum(len(e.input_ids) for e in train), train_targets=sum(e.targets for e in train),
     )
+    if packed:
+        info.update(train_rows=len(train), eval_rows=len(evals))
     if dropped_train + dropped_eval:
         log.warning("%d examples dropped: their reply starts beyond max_length=%d",
                     dropped_train + dropped_eval, config.max_length)
