@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -92,3 +93,95 @@ def test_sharded_checkpoint_that_does_not_fit_the_model_is_one_clear_error(tiny_
     full = load_model(str(tiny_model_dir))  # every weight trainable: the adapter checkpoint lacks them all
     with pytest.raises(RunError, match=r"step-000002: checkpoint does not fit this model \(.*embed_tokens"):
         checkpoint.load(run.run_dir / "checkpoints" / "step-000002", full)
+
+
+# -- two processes (torchrun, gloo on CPU) -----------------------------------------------------------------
+# Why the tolerances hold: with the same global batch, each rank computes exactly the gradient the single
+# process computes for the same micro-batch (same kernels, one thread), and the reduce-scatter adds the two
+# halves, as accumulation does (a + b either way; the *2 / 2 scaling is exact). What differs is the order in
+# which the squared norms of the gradient shards are summed for clipping (and the float64 loss sum), a few
+# ulps (~1e-7 relative) per step; Adam keeps every update near lr in size, so after 12 steps at lr 1e-3 the
+# weights agree to ~1e-7 (measured: max 1.5e-8 for LoRA, 1.2e-7 for full), well inside atol 1e-5.
+
+COMMON = ["--batch-size", "4", "--lr", "1e-3", "--threads", "1", "--lora-dropout", "0"]
+
+
+def _tunesmith(args: list[str], *, ranks: int = 1, port: int = 0, **kw) -> subprocess.Popen:
+    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(port)] \
+        if ranks > 1 else []
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, *launcher, "-m", "tunesmith", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def _finish(p: subprocess.Popen) -> None:
+    _, stderr = p.communicate(timeout=300)
+    assert p.returncode == 0, stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def lora_runs(tiny_model_dir, qa_file, tmp_path_factory) -> tuple[Path, Path]:
+    """The same 12 LoRA steps (over two epoch tails) with the forgetting guard on: FSDP on 2 ranks x 1
+    micro-batch, and 1 process x 2 accumulated micro-batches."""
+    tmp = tmp_path_factory.mktemp("lora")
+    args = ["train", str(qa_file), "--model", str(tiny_model_dir), "--max-steps", "12", "--eval-every", "4", *COMMON]
+    fsdp = _tunesmith([*args, "--distributed", "fsdp", "--out", str(tmp / "fsdp")], ranks=2, port=29621)
+    _finish(fsdp)
+    single = _tunesmith([*args, "--grad-accum", "2", "--out", str(tmp / "one")])
+    _finish(single)
+    return tmp / "fsdp", tmp / "one"
+
+
+@pytest.mark.slow
+def test_fsdp_lora_two_ranks_match_one_process(lora_runs):
+    fsdp, one = lora_runs
+    a, b = _adapter(fsdp), _adapter(one)
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert _metrics(fsdp, "loss") == pytest.approx(_metrics(one, "loss"), rel=1e-5)
+    assert _metrics(fsdp, "eval_loss") == pytest.approx(_metrics(one, "eval_loss"), rel=1e-5)
+    assert _metrics(fsdp, "tokens") == _metrics(one, "tokens")  # every real token counted once
+    assert _metrics(fsdp, "guard/prose_ppl") == pytest.approx(_metrics(one, "guard/prose_ppl"), rel=1e-5)
+    ckpt = (fsdp / "checkpoints" / (fsdp / "checkpoints" / "latest").read_text())
+    assert {p.name for p in ckpt.iterdir()} >= {"shards", "rng-0.pt", "rng-1.pt", "trainer.pt", "state.json"}
+    result = json.loads((fsdp / "manifest.json").read_text())["result"]
+    assert result["processes"] == 2 and len(result["peak_rss_bytes_per_rank"]) == 2
+
+
+@pytest.mark.slow
+def test_fsdp_resume_after_sigkill_equals_uninterrupted(lora_runs, tiny_model_dir, qa_file, tmp_path):
+    """SIGKILL of both workers and the launcher mid-run, then --resume under torchrun: bit for bit the
+    uninterrupted run (the shards, Adam's moments, the schedule and the data position round-trip exactly)."""
+    out = tmp_path / "killed"
+    victim = _tunesmith(["train", str(qa_file), "--model", str(tiny_model_dir), "--max-steps", "12", "--eval-every",
+                         "4", "--save-every", "1", "--no-guard", *COMMON, "--distributed", "fsdp", "--out", str(out)],
+                        ranks=2, port=29622)
+    latest = out / "checkpoints" / "latest"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (latest.is_file() and latest.read_text() >= "step-000003"):
+        time.sleep(0.01)
+    for p in [*psutil.Process(victim.pid).children(recursive=True), victim]:  # workers run in their own sessions
+        os.kill(p.pid, signal.SIGKILL)
+    victim.wait()
+    killed_at = latest.read_text()
+    assert "step-000003" <= killed_at < "step-000012", "the run finished before it could be killed"
+    _finish(_tunesmith(["train", "--resume", str(out)], ranks=2, port=29623))
+    a, b = _adapter(lora_runs[0]), _adapter(out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(out, "step")[-1] == 12 and _metrics(out, "loss") == _metrics(lora_runs[0], "loss")
+    assert not list((out / "checkpoints").glob(".step-*"))  # a half-written checkpoint of the kill is gone
+
+
+@pytest.mark.slow
+def test_fsdp_full_fine_tune_two_ranks_match_one_process(tiny_model_dir, qa_file, tmp_path):
+    """Full fine-tuning (tied embeddings: the LM head lives in the root unit with them), over an epoch tail."""
+    args = ["train", str(qa_file), "--model", str(tiny_model_dir), "--method", "full", "--max-steps", "6",
+            "--eval-every", "3", "--no-guard", *COMMON]
+    _finish(_tunesmith([*args, "--distributed", "fsdp", "--out", str(tmp_path / "fsdp")], ranks=2, port=29624))
+    _finish(_tunesmith([*args, "--grad-accum", "2", "--out", str(tmp_path / "one")]))
+    a = load_file(str(tmp_path / "fsdp" / "model" / "model.safetensors"))
+    b = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))
+    assert a.keys() == b.keys()  # the tied LM head is not written twice
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+    assert (tmp_path / "fsdp" / "model" / "tokenizer_config.json").is_file()
+    assert _metrics(tmp_path / "fsdp", "loss") == pytest.approx(_metrics(tmp_path / "one", "loss"), rel=1e-5)
