@@ -173,11 +173,14 @@ def test_fsdp_resume_after_sigkill_equals_uninterrupted(lora_runs, tiny_model_di
 
 
 @pytest.mark.slow
-def test_fsdp_full_fine_tune_two_ranks_match_one_process(tiny_model_dir, qa_file, tmp_path):
-    """Full fine-tuning (tied embeddings: the LM head lives in the root unit with them), over an epoch tail."""
+def test_fsdp_full_fine_tune_with_checkpointing_two_ranks_match_one_process(tiny_model_dir, qa_file, tmp_path):
+    """Full fine-tuning (tied embeddings: the LM head lives in the root unit with them), over an epoch tail,
+    with gradient checkpointing on the FSDP side: the recomputed layer forward all-gathers its shards again
+    and gives the same gradients."""
     args = ["train", str(qa_file), "--model", str(tiny_model_dir), "--method", "full", "--max-steps", "6",
             "--eval-every", "3", "--no-guard", *COMMON]
-    _finish(_tunesmith([*args, "--distributed", "fsdp", "--out", str(tmp_path / "fsdp")], ranks=2, port=29624))
+    _finish(_tunesmith([*args, "--distributed", "fsdp", "--gradient-checkpointing", "--out", str(tmp_path / "fsdp")],
+                       ranks=2, port=29624))
     _finish(_tunesmith([*args, "--grad-accum", "2", "--out", str(tmp_path / "one")]))
     a = load_file(str(tmp_path / "fsdp" / "model" / "model.safetensors"))
     b = load_file(str(tmp_path / "one" / "model" / "model.safetensors"))

@@ -22,7 +22,6 @@ from tunesmith.data.formats import Format
 from tunesmith.errors import ConfigError
 
 Method = Literal["lora", "full"]
-Distributed = Literal["ddp", "fsdp"]
 Schedule = Literal["cosine", "linear", "constant"]
 Quantize = Literal["none", "4bit", "8bit"]
 Distributed = Literal["ddp", "fsdp"]
@@ -97,9 +96,6 @@ class TrainConfig:
         "over the GPUs)", panel="Memory")
     device: str = setting("auto", "Where to train: auto, cpu, cuda or cuda:N", panel="Run")
     threads: int | None = setting(None, "CPU threads (PyTorch's default, or OMP_NUM_THREADS)", panel="Run")
-    distributed: Distributed = setting(
-        "ddp", "Under torchrun: ddp (each process holds the whole model) or fsdp (weights, gradients and "
-        "optimizer state sharded over the processes); one process trains whole either way", panel="Run")
     guard: bool = setting(True, "Score a general-skills slice at each evaluation (forgetting guard)", panel="Run")
     guard_stop: bool = setting(False, "Stop, keeping the best checkpoint, when the guard says fail", panel="Run")
     replay: float = setting(0.0, "Share of general replay examples mixed in against forgetting", panel="Run")
