@@ -9,8 +9,8 @@ replaced atomically. A kill at any moment leaves the previous checkpoint and poi
 Under FSDP (`distributed: fsdp`) the weights and optimizer state are DTensor shards, and each rank writes its
 own through `torch.distributed.checkpoint` (DCP) into `shards/`, with its RNG state in `rng-RANK.pt`; rank 0
 adds `trainer.pt` (scheduler) and `state.json`, then renames the folder and moves the pointers, as above.
-DCP reshards on load, so such a run may resume on another number of processes. `load` tells the two
-formats apart by what the folder holds.
+DCP reshards on load: such a checkpoint also loads into the whole model in one process. `load` tells the
+two formats apart by what the folder holds.
 """
 
 from __future__ import annotations
@@ -217,7 +217,7 @@ def _load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
         scheduler.load_state_dict(torch.load(path / TRAINER, weights_only=True)["scheduler"])
         rank = dist.get_rank() if dist.is_initialized() else 0
         rng = path / f"rng-{rank}.pt"
-        if rng.is_file():  # absent when resumed on more processes than the run had
+        if rng.is_file():  # absent when resumed on more processes than the run had (dropout differs)
             _set_rng_state(torch.load(rng, weights_only=True))
     return read_state(path)
 
