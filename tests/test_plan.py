@@ -163,7 +163,7 @@ def test_fsdp_shards_weights_gradients_and_optimizer_over_the_ranks() -> None:
         assert four[part] == pytest.approx(one[part] / 4, rel=1e-6)
     layer = arch.layer_params * 4
     root = (arch.parameters - 32 * arch.layer_params) * 4
-    assert four["fsdp_gathered"] == round(2 * layer + root * 3 / 4)  # two layers, and the root, gathered
+    assert four["fsdp_gathered"] == 2 * (2 * layer + root)  # two layers and the root gathered, with gradients
     assert four["activations"] == one["activations"]  # each rank runs its own micro-batch
 
 

@@ -24,7 +24,8 @@ kv = kv_heads x head_dim, V vocabulary, N supervised targets in the batch, r LoR
 - dequantization: a quantized layer is dequantized into a temporary for each matmul; the largest one.
 - sharding (FSDP over W ranks): every rank keeps 1/W of the weights, gradients and AdamW state, plus the
   layers being gathered (two: the current one and the prefetched next) and the root's own parameters
-  (embeddings, head, final norm), which stay gathered through the step.
+  (embeddings, head, final norm), which stay gathered through the step (and, for full fine-tuning, their
+  unsharded gradient until backward ends).
 - CPU allocator: `tunesmith train` runs under mimalloc when installed; its pages and segments cost 1.2x the
   activations in peak RSS. glibc serves requests under 32 MiB from heaps that fragment: 1.85x. Both
   measured with the trainer on the built-in model (batch 2-8, length 64-256).
@@ -154,8 +155,14 @@ def memory(arch: Arch, s: Setup) -> dict[str, int]:
     parts.update(framework=framework, weights=round(weights * share),
                  lora_weights=round(trainable * 4 * share) if s.method == "lora" else 0,
                  gradients=round(trainable * 4 * share), optimizer=round(trainable * 8 * share))
-    if s.sharded and s.world > 1:  # two layers gathered at a time, and the root's parameters for the whole step
-        parts["fsdp_gathered"] = round(2 * layer_weights + root_weights * (1 - share))
+    if s.sharded and s.world > 1:
+        # Gathered next to the shards: two layers at a time (the current one and the prefetched next) and the
+        # root's own parameters for the whole step; full fine-tuning also holds the root's unsharded fp32
+        # gradient until backward ends, and a layer's unsharded gradient while it is reduce-scattered.
+        grads = 0.0
+        if s.method == "full":
+            grads = 4 * ((arch.parameters - arch.layers * arch.layer_params) + 2 * arch.layer_params)
+        parts["fsdp_gathered"] = round(2 * layer_weights + root_weights + grads)
     per_layer = sum(t.bytes for t in terms)
     if s.checkpointing:  # each layer keeps its input; one layer at a time is recomputed, and its gradients flow
         stream = 2 if s.precision in ("half", "bf16") else 4
