@@ -164,6 +164,8 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
         log_metrics=sink.write, guard=guard, guard_stop=config.guard_stop, dist=s.dist,
     )
     state = run_loop(wrapped, optimizer, scheduler, spec, state, hooks)
+    optimizer.state.clear()  # AdamW's moments (8 bytes a trainable weight) are not exported: room for the export
+    model.zero_grad(set_to_none=True)
     return _finish(s, config, model, tokenizer, state)
 
 
