@@ -375,3 +375,28 @@ def test_a_failing_tracker_is_dropped_and_training_goes_on(tmp_path, caplog):
     assert [r["step"] for r in RunFolder(tmp_path).metrics()] == [1, 2] and not trackers
     assert "mlflow stopped working (server went away); tracking to it stops, metrics.jsonl keeps every record" \
            in caplog.text
+
+
+@pytest.mark.slow
+def test_under_torchrun_one_rank_reports(tiny_model_dir, qa_file, tmp_path):
+    """Two CPU processes (gloo): one TensorBoard event file, one MLflow run, each step once."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")} | {"PYTHONUNBUFFERED": "1"}
+    p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29613", "-m", "tunesmith", "train", str(qa_file), "--model", str(tiny_model_dir), "--out",
+                        str(out), "--max-steps", "4", "--batch-size", "4", "--no-guard", "--threads", "1",
+                        "--eval-every", "2", "--report-to", "tensorboard,mlflow"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(list((out / "tensorboard" / "train").iterdir())) == 1
+    jsonl = _numbers(RunFolder(out).metrics())
+    assert _scalars(out / "tensorboard" / "train")["loss"] == pytest.approx(jsonl["loss"], rel=1e-6)
+    client = MlflowClient(_own_store(out))
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert len(runs) == 1
+    _, _, history = _mlflow(_own_store(out), runs[0].info.run_id)
+    assert history["loss"] == pytest.approx(jsonl["loss"])
