@@ -343,6 +343,13 @@ def test_view_commands_name_the_store_or_the_server_page(tmp_path):
     assert track.view_commands(tmp_path, tracking) == ["http://127.0.0.1:5000/#/experiments/3/runs/abc"]
 
 
+def test_a_store_mlflow_cannot_open_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "foo://bar")
+    with pytest.raises(ConfigError, match=r"^MLflow tracking store foo://bar: \S") as e:
+        track.open_trackers(["tensorboard", "mlflow"], tmp_path, {}, section="train")
+    assert "\n" not in str(e.value)
+
+
 def test_eval_refuses_an_unknown_tracker_before_loading_a_model(monkeypatch, capsys, tmp_path):
     code, _, err = run(monkeypatch, capsys, "eval", str(tmp_path), "--report-to", "wandb")
     assert code == 2 and "--report-to: unknown tracker wandb; choose from tensorboard, mlflow" in err
@@ -373,6 +380,7 @@ def test_a_failing_tracker_is_dropped_and_training_goes_on(tmp_path, caplog):
     sink.write({"step": 1, "loss": 2.0})
     sink.write({"step": 2, "loss": 1.0})
     assert [r["step"] for r in RunFolder(tmp_path).metrics()] == [1, 2] and not trackers
+    assert Broken.closed == "FAILED"
     assert "mlflow stopped working (server went away); tracking to it stops, metrics.jsonl keeps every record" \
            in caplog.text
 

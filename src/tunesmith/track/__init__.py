@@ -24,7 +24,7 @@ import importlib.util
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -118,6 +118,8 @@ class Trackers:
                 log.warning("%s stopped working (%s); tracking to it stops, metrics.jsonl keeps every record and "
                             "--resume brings it up to date", t.name, _first_line(e))
                 self.items.remove(t)
+                with suppress(Exception):  # marks the MLflow run failed, if its store still answers
+                    t.close("FAILED")
 
 
 class _Tee(MetricsSink):

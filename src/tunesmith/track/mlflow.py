@@ -68,8 +68,8 @@ def open_mlflow(root: Path, recorded: dict[str, Any], *, run_name: str, resume: 
                 "mlflow.source.name": "tunesmith", "tunesmith.run_dir": str(root.resolve())})
         else:
             client.update_run(run.info.run_id, status="RUNNING")
-    except MlflowException as e:
-        raise ConfigError(f"MLflow tracking store {uri}: {e.message.splitlines()[0]}") from None
+    except (MlflowException, OSError, ImportError) as e:  # a store that is not there, or not of a known kind
+        raise ConfigError(f"MLflow tracking store {uri}: {str(e).strip().splitlines()[0]}") from None
     return MlflowTracker(client, run, uri=uri, own_store=own, resume=resume)
 
 
