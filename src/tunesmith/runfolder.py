@@ -11,6 +11,7 @@ RUN/
   adapter/             LoRA output: a PEFT adapter (adapter_config.json + adapter_model.safetensors)
   model/               full fine-tune output: a complete model folder
   eval/                `tunesmith eval`'s report
+  tensorboard/, mlflow/  experiment trackers' files, with --report-to (format: tunesmith.track)
 
 A run knows its base model by identity, not by the name typed at training time: the manifest records the
 absolute path (or the built-in / hub name) and a fingerprint of the weights, and every reader resolves the

@@ -155,12 +155,15 @@ class TrainView:
 def result_lines(result: Any) -> list[str]:
     """The guard's verdict on the exported step, in words, and the commands to run next."""
     from tunesmith.api import guard_summary
+    from tunesmith.track import view_commands
 
     run = result.run_dir
     lines = [escape(guard_summary(result))]
     lines.append(f"next: tunesmith eval {run}    [dim]# the full comparison with the base: verdict and "
                  "report.html[/]")
     lines.append(f"      tunesmith chat {run}    [dim]# talk to it[/]")
+    for command in view_commands(run, (result.manifest or {}).get("tracking") or {}):
+        lines.append(f"      {escape(command)}    [dim]# the tracked curves[/]")
     return lines
 
 

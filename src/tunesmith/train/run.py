@@ -7,6 +7,7 @@ forgetting guard, replay examples) comes in through `Extras`, so training never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import resource
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from tunesmith import __version__
+from tunesmith import __version__, track
 from tunesmith.config import TrainConfig, resolve_defaults
 from tunesmith.errors import RunError
 from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_tokenizer, pick_device, resolve
@@ -73,11 +74,13 @@ class _Session:
     device: str
     dist: Dist
     resume: bool
+    closing: contextlib.ExitStack  # what must close with the run, however it ends (the trackers)
 
 
 def train(config: TrainConfig, *, resume: bool = False, force: bool = False, hooks: Hooks | None = None,
           extras: Extras | None = None) -> RunResult:
     """Fine-tune as `config` says (or continue the run `config.out` with `resume`); returns the output."""
+    track.require(config.report_to)  # a missing extra fails before anything starts
     device = pick_device(config.device)
     d = setup(device, config.distributed)
     device = device_for(d, device)
@@ -91,7 +94,8 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, hoo
             _refuse_finished(run, config)
         elif d.main:
             run, created = RunFolder.create(config.out, force=force), True
-        return _train(_Session(config, run, device, d, resume), hooks or Hooks(), extras or Extras())
+        with contextlib.ExitStack() as closing:
+            return _train(_Session(config, run, device, d, resume, closing), hooks or Hooks(), extras or Extras())
     except BaseException:
         if created and run.checkpoint("latest") is None:
             run.discard()  # nothing to resume from: a failed start leaves no folder behind
@@ -154,6 +158,9 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     if s.resume:
         state = checkpoint.load(s.run.checkpoint("latest"), model, optimizer, scheduler)
         sink.truncate_after(state.step)  # drop lines a killed run logged past its last checkpoint
+    trackers = s.closing.enter_context(track.training(config.report_to, s.run, config.to_dict(), resume=s.resume,
+                                                      enabled=s.dist.main))
+    sink = trackers.tee(sink)  # TensorBoard / MLflow get each record metrics.jsonl gets
     if not s.resume and (data.eval or baseline):  # every rank: the eval batches are shared out
         _log_start(loss_fn, data, baseline, sink, hooks, config, s, tokenizer.pad_token_id)
     spec = LoopSpec(
@@ -166,7 +173,9 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     state = run_loop(wrapped, optimizer, scheduler, spec, state, hooks)
     optimizer.state.clear()  # AdamW's moments (8 bytes a trainable weight) are not exported: room for the export
     model.zero_grad(set_to_none=True)
-    return _finish(s, config, model, tokenizer, state)
+    result = _finish(s, config, model, tokenizer, state)
+    track.log_result(trackers, s.run, result.manifest)
+    return result
 
 
 def _check_same_run(run: RunFolder, new: dict[str, Any]) -> None:
