@@ -223,9 +223,9 @@ def merge_command(
     console.print(f"merged into {r.out} ({r.bytes / 1e6:.1f} MB), on the full-precision base {r.base}; "
                   f"max |logit difference| adapter vs merged on probes: {r.max_abs_diff:.2e}", highlight=False)
     if r.quantized_diff is not None:
-        console.print(f"the adapter trained on a {r.trained_on} base; the merged full-precision model differs from "
-                      f"what it saw in training by up to {r.quantized_diff:.3f} in the logits on the probes",
-                      highlight=False)
+        console.print(f"the adapter trained on a {r.trained_on} base: the merged full-precision model picks the same "
+                      f"next token as the adapter on that base at {r.quantized_agreement:.0%} of the probe positions "
+                      f"(largest logit difference {r.quantized_diff:.2f})", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

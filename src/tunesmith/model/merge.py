@@ -35,6 +35,7 @@ class MergeResult:
     base: str  # the full-precision base the adapter was merged into
     trained_on: str = "none"  # the base precision the adapter trained on (4bit / 8bit for QLoRA)
     quantized_diff: float | None = None  # |logit difference| merged vs adapter on the quantized base it trained on
+    quantized_agreement: float | None = None  # share of probe positions where both pick the same next token
 
 
 def merge(target: str | Path, out: str | Path, *, adapter: str | Path | None = None,
@@ -65,23 +66,30 @@ def merge(target: str | Path, out: str | Path, *, adapter: str | Path | None = N
         after = [merged(input_ids=ids).logits for ids in probes]
     diff = _max_diff(before, after)
     quantized_diff = _max_diff(quantized, after) if quantized is not None else None
+    agreement = _top1_agreement(quantized, after) if quantized is not None else None
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     provenance = {"kind": "merged", "from": str(target), "adapter": str(t.adapter), "base": t.model.name,
                   "base_path": t.model.path, "max_abs_logit_diff": diff, "trained_on": t.quantize,
-                  "max_abs_logit_diff_vs_quantized_base": quantized_diff}
+                  "max_abs_logit_diff_vs_quantized_base": quantized_diff,
+                  "top1_agreement_vs_quantized_base": agreement}
     (tmp / MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     return MergeResult(out=out, max_abs_diff=diff, bytes=size, base=t.model.name, trained_on=t.quantize,
-                       quantized_diff=quantized_diff)
+                       quantized_diff=quantized_diff, quantized_agreement=agreement)
 
 
 def _max_diff(a: list[Any], b: list[Any]) -> float:
     return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def _top1_agreement(a: list[Any], b: list[Any]) -> float:
+    same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b, strict=True))
+    return same / sum(x.shape[0] * x.shape[1] for x in a)
 
 
 def _check_out(out: Path, force: bool) -> None:
