@@ -1,12 +1,17 @@
 """One base model in memory, LoRA adapters on top of it, and one worker thread that owns them.
 
-Requests wait in a bounded FIFO queue. The worker takes the oldest request plus the queued requests for
-the same model (up to `max_batch`, within a padded-token budget) and decodes them together; other models
-wait their turn. Only the worker runs forward passes (torch already spreads one over the cores), and
-adapter loads take the same lock, so nothing changes the model under a running batch.
+Requests wait in a bounded FIFO queue. Only the worker runs forward passes (torch already spreads one over
+the cores), and adapter loads take the same lock, so nothing changes the model under a running step.
 
-Adapters are PEFT adapters loaded into one `PeftModel` under their serving names; the base model is served
-with the adapters switched off, so there is one copy of the base weights whatever the adapter count.
+Two ways to decode, chosen at start-up (`engine`):
+- "fast" (Llama-shaped models on a CPU, the default there): the lean decoder of `serve.fast` with continuous
+  batching (`serve.batcher`): queued requests join the running batch between steps, up to `max_batch` rows,
+  whatever model each asks for; every row applies its own adapter (`serve.lora_rows`). Its logits are checked
+  against transformers' once at start-up.
+- "transformers": the model's own forward. The worker takes the oldest request plus the queued ones for the
+  same model (within a padded-token budget) and decodes them together; adapters are PEFT adapters in one
+  `PeftModel`, and the base model is served with them switched off.
+Either way there is one copy of the base weights whatever the adapter count.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunesmith.data.tokenize import Message, encode_prompt
-from tunesmith.errors import ModelError
+from tunesmith.errors import ConfigError, ModelError
 from tunesmith.model.adapters import ADAPTER_NAME, ADAPTER_WEIGHTS, is_adapter_dir
 from tunesmith.model.loading import ModelRef, check_fingerprint, load_model, load_tokenizer, pick_device
 from tunesmith.serve.generate import Row, SamplingParams, Step, decode, inference_dtype, new_row, stop_token_ids
@@ -30,6 +35,12 @@ from tunesmith.serve.protocol import ApiError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from tunesmith.serve.batcher import LiveBatch
+    from tunesmith.serve.fast import FastLlama
+    from tunesmith.serve.lora_rows import Adapter
+
+EngineKind = Literal["auto", "fast", "transformers"]
 
 log = logging.getLogger(__name__)
 
@@ -81,9 +92,8 @@ def adapter_folder(path: str | Path) -> tuple[Path, str | None]:
 class Engine:
     """The served models and the queue in front of them. Thread-safe; `close()` stops the worker."""
 
-    def __init__(
-        self, base: ModelRef, *, base_id: str | None = None, device: str = "auto", limits: Limits | None = None
-    ):
+    def __init__(self, base: ModelRef, *, base_id: str | None = None, device: str = "auto",
+                 limits: Limits | None = None, engine: EngineKind = "auto", quantize: str = "none"):
         self.base = base
         self.base_id = base_id or base.name
         self.limits = limits or Limits()
@@ -95,6 +105,10 @@ class Engine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.adapters: dict[str, Path] = {}  # serving name -> PEFT folder
+        self.fast: FastLlama | None = None
+        self.fast_check: dict[str, float] = {}  # the start-up comparison with transformers' logits
+        self._fast_adapters: dict[str, Adapter] = {}
+        self._pick_engine(engine, quantize)
         self._queue: list[Job] = []
         self._running = 0
         self._batches = 0  # batches run so far, and the largest: shows whether requests get batched
@@ -102,8 +116,37 @@ class Engine:
         self._cond = threading.Condition()
         self._model_lock = threading.Lock()  # held by the worker during a batch and by adapter loads
         self._closing = False
-        self._worker = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
+        loop = self._loop_fast if self.fast is not None else self._loop
+        self._worker = threading.Thread(target=loop, name="tunesmith-engine", daemon=True)
         self._worker.start()
+
+    @property
+    def engine_name(self) -> str:
+        if self.fast is None:
+            return "transformers"
+        return "fast" if self.fast.quantize == "none" else f"fast-{self.fast.quantize}"
+
+    def _pick_engine(self, engine: EngineKind, quantize: str) -> None:
+        """The fast decoder when asked or when it fits (Llama-shaped, CPU), checked against transformers."""
+        from tunesmith.serve import fast as fast_mod
+
+        if quantize not in ("none", "int8"):
+            raise ConfigError(f"--quantize '{quantize}': choose none or int8")
+        why = fast_mod.supports(self.model)
+        if engine == "transformers" or (engine == "auto" and (why or self.device != "cpu")):
+            if quantize != "none":
+                raise ConfigError(f"--quantize {quantize} needs the fast engine"
+                                  + (f", which does not support this model: {why}" if why else ""))
+            return
+        if why:
+            raise ConfigError(f"--engine fast does not support this model: {why}")
+        self.fast = fast_mod.FastLlama(self.model, quantize=quantize, rows=self.limits.max_batch)  # type: ignore[arg-type]
+        self.fast_check = fast_mod.check_against(self.fast, self.model, self.chat_prompt(
+            [{"role": "user", "content": "Say hello."}]))
+        log.info("fast engine (%s) vs transformers at start-up: %s", quantize, self.fast_check)
+        if quantize == "none" and self.fast_check["max_abs_diff"] > fast_mod.EXACT_TOLERANCE:
+            log.warning("fast engine disagrees with transformers (%s); serving with transformers", self.fast_check)
+            self.fast = None
 
     # -- models ---------------------------------------------------------------------------------------
 
@@ -121,7 +164,10 @@ class Engine:
             if name == self.base_id or name in self.adapters:
                 raise ApiError(409, f"model '{name}' is already served; pick another name or delete it first",
                                param="name", code="model_exists")
-            self._load(name, folder)
+            if self.fast is not None:
+                self._fast_adapters[name] = self._read_fast_adapter(name, folder)
+            else:
+                self._load(name, folder)
             self.adapters[name] = folder
         log.info("adapter %s loaded from %s", name, folder)
 
@@ -130,7 +176,9 @@ class Engine:
             raise ApiError(404, f"adapter '{name}' is not loaded", param="name", code="model_not_found")
         with self._model_lock:
             del self.adapters[name]
-            if self.adapters:
+            if self.fast is not None:  # rows already decoding keep their copy of the weights until they finish
+                del self._fast_adapters[name]
+            elif self.adapters:
                 self.model.delete_adapter(name)
             else:  # PEFT keeps a dangling active adapter when the last one goes: unwrap the base instead
                 self.model = self.model.unload()
@@ -154,6 +202,16 @@ class Engine:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelError(f"{folder}: cannot load adapter on '{self.base_id}': {first[:300]}") from None
         self.model.eval()
+
+    def _read_fast_adapter(self, name: str, folder: Path) -> Adapter:
+        from tunesmith.serve.lora_rows import read_adapter
+
+        assert self.fast is not None
+        try:
+            return read_adapter(name, folder, self.fast)
+        except (RuntimeError, ValueError, KeyError, OSError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"{folder}: cannot load adapter on '{self.base_id}': {first[:300]}") from None
 
     @contextmanager
     def _use(self, model_id: str) -> Iterator[None]:
@@ -293,6 +351,82 @@ class Engine:
                 for job in batch:
                     if not job.row.done:
                         job.emit(error)
+
+    # -- the fast worker: continuous batching ---------------------------------------------------------
+
+    def _loop_fast(self) -> None:
+        from tunesmith.serve.batcher import LiveBatch
+
+        assert self.fast is not None
+        batch = LiveBatch(self.fast, self.eos_ids, self.pad_id)
+        while (jobs := self._admissions(batch)) is not None:
+            with self._model_lock:
+                try:
+                    batch.admit(self._live(jobs))
+                    batch.step()
+                except Exception:
+                    log.exception("generation failed for %d request(s)", len(batch))
+                    batch.fail(ApiError(500, "generation failed inside the server; see its log", type="server_error"))
+            with self._cond:
+                self._running = len(batch)
+
+    def _admissions(self, batch: LiveBatch) -> list[Job] | None:
+        """Queued requests that join the batch now ([] while it is full); None once closing and drained.
+
+        An idle worker holds on the batch window, as `_next_batch` does, so that requests sent together are
+        prefilled together; a busy one takes whatever is queued at each step.
+        """
+        started, seen, deadline = 0.0, 0, 0.0
+        with self._cond:
+            while True:
+                self._queue = [j for j in self._queue if not j.row.cancelled]
+                if self._closing:
+                    return [] if len(batch) else None
+                if not self._queue and not len(batch):
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                if not len(batch) and len(self._queue) < self.limits.max_batch:
+                    started = started or now
+                    if len(self._queue) > seen:
+                        seen, window = len(self._queue), self.limits.batch_window_s
+                        deadline = min(now + window, started + 5 * window)
+                    if deadline > now:
+                        self._cond.wait(deadline - now)
+                        continue
+                take = self._fill(self.limits.max_batch - len(batch))
+                self._queue = [j for j in self._queue if j not in take]
+                self._running = len(batch) + len(take)
+                if take:
+                    self._batches += 1
+                self._largest_batch = max(self._largest_batch, self._running)
+                return take
+
+    def _fill(self, free: int) -> list[Job]:
+        """Oldest first, any model, while rows x longest prompt of the newcomers stays within the token budget."""
+        take: list[Job] = []
+        width = 0
+        for job in self._queue:
+            if len(take) == free:
+                break
+            wider = max(width, len(job.row.prompt_ids))
+            if take and (len(take) + 1) * wider > self.limits.max_batch_tokens:
+                continue  # a longer prompt waits for the next admission, as in `_pick`
+            take.append(job)
+            width = wider
+        return take
+
+    def _live(self, jobs: list[Job]) -> list[Any]:
+        """Jobs as batch rows with their adapter weights; a job whose model was removed meanwhile gets 404."""
+        from tunesmith.serve.batcher import Live
+
+        rows = []
+        for job in jobs:
+            if job.model_id != self.base_id and job.model_id not in self._fast_adapters:
+                job.emit(ApiError(404, f"model '{job.model_id}' was removed", param="model", code="model_not_found"))
+                continue
+            rows.append(Live(job.row, job.emit, self._fast_adapters.get(job.model_id)))
+        return rows
 
     def close(self) -> None:
         """Stop the worker after the running batch; queued requests are told the server is stopping."""
