@@ -272,7 +272,7 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         with self._cond:
             return {"queued": len(self._queue), "running": self._running, "batches": self._batches,
-                    "largest_batch": self._largest_batch}
+                    "largest_batch": self._largest_batch, "engine": self.engine_name}
 
     # -- the worker -----------------------------------------------------------------------------------
 

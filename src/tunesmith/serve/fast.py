@@ -4,9 +4,11 @@ Why not transformers' forward: single-stream decode on a CPU is bound by the byt
 and by Python overhead per op. This decoder reads each layer's weights in four matrix products
 (q|k|v fused, o, gate|up fused, down), keeps one KV cache slot per batch row (rows of different lengths and
 different adapters decode together; a finished row's slot is refilled by the next request), and selects each
-row's LoRA adapter inside the batch (see `lora_rows`). With `quantize="int8"`, the frozen base weights are
-stored as int8 per output channel and multiplied by fbgemm's dynamic-quantization kernels (activations are
-quantized per call): 4x fewer bytes than float32, at a measured cost in agreement. LoRA weights stay float32.
+row's LoRA adapter inside the batch (see `lora_rows`). With `quantize="int8"`, decode steps read the frozen
+base weights as int8 per output channel through fbgemm's dynamic-quantization kernels (activations quantized
+per call): 4x fewer bytes than float32, at a measured cost in agreement. Prompts still run in float32, and
+LoRA weights stay float32. The fused float32 weights are shared with the transformers model (its modules
+view into them), so the fast path adds no copy of the base weights (int8 adds a quarter).
 
 The arithmetic is transformers' Llama (RMSNorm in float32, rotate-half RoPE from the model's own rotary
 embedding, SDPA attention with grouped KV heads), so in float32 the logits equal the plain path's up to
@@ -50,13 +52,16 @@ def supports(model: PreTrainedModel) -> str | None:
 
 
 class Linear:
-    """y = x @ W.T with W float (kept as given) or int8 per output channel (fbgemm dynamic quantization)."""
+    """y = x @ W.T. With int8, decode steps use W in int8 per output channel (fbgemm's dynamic quantization:
+    activations quantized per call); prompts still run in float32 (`exact`), because a whole prompt shares
+    one activation scale in fbgemm, and the first token's huge activations would flatten every other row's.
+    """
 
     def __init__(self, weight: torch.Tensor, quantize: Quantize):
         import torch
 
+        self.weight = weight
         self.out_features, self.in_features = weight.shape
-        self.weight: torch.Tensor | None = weight
         self.packed: Any = None
         if quantize == "int8":
             with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; the kernels remain
@@ -66,12 +71,11 @@ class Linear:
                 zeros = torch.zeros(w.shape[0], dtype=torch.int64)
                 q = torch.quantize_per_channel(w, scales, zeros, axis=0, dtype=torch.qint8)
                 self.packed = torch.ops.quantized.linear_prepack(q, None)
-            self.weight = None
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, exact: bool = False) -> torch.Tensor:
         import torch
 
-        if self.packed is not None:
+        if self.packed is not None and not exact:
             return torch.ops.quantized.linear_dynamic(x, self.packed, _REDUCE_RANGE)
         return torch.nn.functional.linear(x, self.weight)
 
@@ -131,11 +135,9 @@ class FastLlama:
 
     @staticmethod
     def _layer(block: Any, quantize: Quantize) -> Layer:
-        import torch
-
         a, m = block.self_attn, block.mlp
-        qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-        gate_up = torch.cat([m.gate_proj.weight, m.up_proj.weight]).detach()
+        qkv = _fuse(a.q_proj, a.k_proj, a.v_proj)
+        gate_up = _fuse(m.gate_proj, m.up_proj)
         return Layer(block.input_layernorm.weight.detach(), Linear(qkv, quantize), Linear(a.o_proj.weight.detach(),
                      quantize), block.post_attention_layernorm.weight.detach(), Linear(gate_up, quantize),
                      Linear(m.down_proj.weight.detach(), quantize))
@@ -180,6 +182,7 @@ class FastLlama:
         import torch
 
         B, T = ids.shape
+        exact = T > 1  # prompts in float32 even with int8 weights (see Linear)
         pos = start[:, None] + torch.arange(T, device=ids.device)  # (B, T)
         span = int(pos.max()) + 1
         self.reserve(span)
@@ -190,7 +193,7 @@ class FastLlama:
         x = torch.nn.functional.embedding(ids, self.embed)  # (B, T, C)
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.attn_norm)
-            qkv = _project(layer.qkv, h, adapters, i, "qkv")
+            qkv = _project(layer.qkv, h, adapters, i, "qkv", exact)
             q, k, v = qkv.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
                                  self.kv_heads * self.head_dim], dim=-1)
             q = _rope(q.view(B, T, self.heads, self.head_dim), cos, sin)
@@ -200,12 +203,12 @@ class FastLlama:
             att = torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(1, 2), self.k[i][slots, :, :span], self.v[i][slots, :, :span], attn_mask=mask,
                 enable_gqa=self.kv_heads != self.heads)  # (B, H, T, D)
-            x = x + _project(layer.o, att.transpose(1, 2).reshape(B, T, -1), adapters, i, "o")
+            x = x + _project(layer.o, att.transpose(1, 2).reshape(B, T, -1), adapters, i, "o", exact)
             h = self._rms(x, layer.mlp_norm)
-            gate, up = _project(layer.gate_up, h, adapters, i, "gate_up").chunk(2, dim=-1)
-            x = x + _project(layer.down, torch.nn.functional.silu(gate) * up, adapters, i, "down")
+            gate, up = _project(layer.gate_up, h, adapters, i, "gate_up", exact).chunk(2, dim=-1)
+            x = x + _project(layer.down, torch.nn.functional.silu(gate) * up, adapters, i, "down", exact)
         last = x[torch.arange(B, device=ids.device), lengths - 1]  # (B, C)
-        return self.head(self._rms(last, self.norm)).float()
+        return self.head(self._rms(last, self.norm), exact).float()
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         import torch
@@ -213,6 +216,19 @@ class FastLlama:
         xf = x.float()  # transformers' LlamaRMSNorm, op for op
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return weight * xf.to(x.dtype)
+
+
+def _fuse(*linears: Any) -> torch.Tensor:
+    """The weights of `linears` stacked by rows; the modules then view into it, so memory is not doubled."""
+    import torch
+
+    fused = torch.cat([lin.weight.detach() for lin in linears])
+    start = 0
+    for lin in linears:
+        rows = lin.weight.shape[0]
+        lin.weight.data = fused[start : start + rows]
+        start += rows
+    return fused
 
 
 def check_against(fast: FastLlama, model: PreTrainedModel, prompt: list[int]) -> dict[str, float]:
@@ -229,8 +245,9 @@ def check_against(fast: FastLlama, model: PreTrainedModel, prompt: list[int]) ->
             "top1_agree": float((got.argmax(-1) == reference.argmax(-1)).float().mean())}
 
 
-def _project(linear: Linear, x: torch.Tensor, adapters: RowAdapters | None, layer: int, group: str) -> torch.Tensor:
-    y = linear(x)
+def _project(linear: Linear, x: torch.Tensor, adapters: RowAdapters | None, layer: int, group: str,
+             exact: bool) -> torch.Tensor:
+    y = linear(x, exact)
     if adapters is not None:
         delta = adapters.delta(x, layer, group)
         if delta is not None:
