@@ -186,20 +186,22 @@ class FastLlama:
         pos = start[:, None] + torch.arange(T, device=ids.device)  # (B, T)
         span = int(pos.max()) + 1
         self.reserve(span)
-        mask = (torch.arange(span, device=ids.device)[None, None, :] <= pos[:, :, None])[:, None]  # (B, 1, T, S)
+        visible = torch.arange(span, device=ids.device)[None, None, :] <= pos[:, :, None]  # (B, T, S)
+        mask = torch.zeros(visible.shape, dtype=self.embed.dtype, device=ids.device).masked_fill_(
+            ~visible, float("-inf"))[:, None]  # (B, 1, T, S), additive: SDPA would convert a bool mask per layer
         cos, sin = self.cos[pos][:, :, None, :], self.sin[pos][:, :, None, :]  # (B, T, 1, D)
         rows = first_slot + torch.arange(B, device=ids.device)[:, None]
+        qk_width = (self.heads + self.kv_heads) * self.head_dim
         slots = slice(first_slot, first_slot + B)
         x = torch.nn.functional.embedding(ids, self.embed)  # (B, T, C)
         for i, layer in enumerate(self.layers):
             h = self._rms(x, layer.attn_norm)
             qkv = _project(layer.qkv, h, adapters, i, "qkv", exact)
-            q, k, v = qkv.split([self.heads * self.head_dim, self.kv_heads * self.head_dim,
-                                 self.kv_heads * self.head_dim], dim=-1)
-            q = _rope(q.view(B, T, self.heads, self.head_dim), cos, sin)
-            k = _rope(k.view(B, T, self.kv_heads, self.head_dim), cos, sin)
+            qk = _rope(qkv[..., : qk_width].view(B, T, self.heads + self.kv_heads, self.head_dim), cos, sin)
+            q, k = qk[:, :, : self.heads], qk[:, :, self.heads :]  # one RoPE call for both
+            v = qkv[..., qk_width:]
             self.k[i][rows, :, pos] = k  # (B, T, KV, D) into this batch's slots
-            self.v[i][rows, :, pos] = v.view(B, T, self.kv_heads, self.head_dim)
+            self.v[i][rows, :, pos] = v.reshape(B, T, self.kv_heads, self.head_dim)
             att = torch.nn.functional.scaled_dot_product_attention(
                 q.transpose(1, 2), self.k[i][slots, :, :span], self.v[i][slots, :, :span], attn_mask=mask,
                 enable_gqa=self.kv_heads != self.heads)  # (B, H, T, D)
