@@ -1,7 +1,7 @@
 """Serving speed of `tunesmith serve` against llama.cpp on the same model, prompts, threads and token budget.
 
 What runs:
-- tunesmith: the real server (`python -m tunesmith serve`, a separate process, the engine and --quantize as
+- tunesmith: the real server (`python -m tunesmith serve`, a separate process, --engine and --int8 as
   given), called over HTTP with the official `openai` client;
 - llama.cpp: llama-cpp-python in this process on a GGUF file of the same model (skipped when `llama_cpp` is
   not installed), called directly: no HTTP, llama.cpp's best case.
@@ -12,17 +12,20 @@ How the comparison is kept fair (and where it is not, in llama.cpp's favour):
 - the same thread count (--threads) for torch in the server and for llama.cpp;
 - the GGUF file: for the built-in model the Q4_1 file its package ships (the issue's reference; its weights
   are exactly tunesmith's, which were converted from it), or --gguf-quant to export one with
-  `tunesmith export` at a precision matching tunesmith's mode (f32 for --quantize none, q8_0 for int8);
+  `tunesmith export` at a precision matching tunesmith's mode (f32 for float32, q8_0 for --int8);
 - single stream: one request at a time, tokens / wall seconds of the request (prompt included), median of
   --repeats runs, the two engines alternating so both see the same background load;
 - N clients (32): all released at once; tunesmith mixes the base model and --adapters random LoRA adapters
   in the batch (adapters only cost tunesmith time); llama-cpp-python answers one request at a time (as its
   own server does), so its latency grows with the queue. Throughput = completion tokens / wall seconds.
 
+With --agreement, each engine's greedy replies to the 9 prompts are also compared with transformers' own
+float32 `generate` (the plain path): identical replies, and where they part (characters in common).
+
 Prints both sides' figures, the ratios tunesmith / llama.cpp, and one RESULT line.
 
     python bench/serve_load.py --threads 1 --repeats 3               # smoke run on a busy machine
-    python bench/serve_load.py --threads 2 --quantize int8 --gguf-quant q8_0
+    python bench/serve_load.py --threads 2 --int8 --gguf-quant q8_0
 """
 
 from __future__ import annotations
@@ -88,12 +91,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--repeats", type=int, default=3, help="single-stream runs per engine")
     p.add_argument("--engine", default="auto", help="tunesmith serve --engine")
-    p.add_argument("--quantize", default="none", help="tunesmith serve --quantize (none or int8)")
+    p.add_argument("--int8", action="store_true", help="tunesmith serve --int8")
     p.add_argument("--adapters", type=int, default=2, help="random LoRA adapters mixed into the client batch")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--gguf", type=Path, help="llama.cpp model file (default: the built-in's shipped Q4_1)")
     p.add_argument("--gguf-quant", help="export the model with `tunesmith export --quant Q` for llama.cpp instead")
     p.add_argument("--timeout", type=float, default=900.0, help="per request, seconds")
+    p.add_argument("--agreement", action="store_true", help="compare greedy replies with transformers' float32")
     return p.parse_args()
 
 
@@ -120,6 +124,8 @@ def main() -> None:
                 if llm is not None:
                     n, seconds = llama_generate(llm, prompt_ids[SINGLE_PROMPT], args.max_tokens, eos)
                     solo_l.append(n / seconds)
+            if args.agreement:
+                agreement(args, tokenizer, prompt_ids, eos, llm, client)
             before = health(url)
             load_t = release(args.clients, args.timeout, lambda i: ask(
                 client, models[i % len(models)], QUESTIONS[i % len(QUESTIONS)], args.max_tokens))
@@ -136,6 +142,49 @@ def main() -> None:
 
             load_l = release(args.clients, args.timeout, one_by_one)
     report(args, solo_t, solo_l, load_t, load_l, after | {"batches": after["batches"] - before.get("batches", 0)})
+
+
+def agreement(args: argparse.Namespace, tokenizer: Any, prompt_ids: dict[str, list[int]], eos: set[int],
+              llm: Any, client: Any) -> None:
+    """Greedy replies of both engines against transformers' float32 generate, prompt by prompt."""
+    import torch
+
+    from tunesmith.model.loading import load_model
+
+    model = load_model(args.model).eval()
+    replies: dict[str, list[str]] = {"tunesmith": [], "llama.cpp": []}
+    reference = []
+    for question, ids in prompt_ids.items():
+        with torch.inference_mode():
+            out = model.generate(torch.tensor([ids]), max_new_tokens=args.max_tokens, do_sample=False,
+                                 eos_token_id=sorted(eos), pad_token_id=sorted(eos)[0])
+        reference.append(tokenizer.decode(out[0, len(ids):], skip_special_tokens=True))
+        r = client.chat.completions.create(model=args.model, messages=[{"role": "user", "content": question}],
+                                           max_tokens=args.max_tokens, temperature=0)
+        replies["tunesmith"].append(r.choices[0].message.content or "")
+        if llm is not None:
+            llm.reset()
+            tokens = []
+            for token in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+                if token in eos or len(tokens) >= args.max_tokens:
+                    break
+                tokens.append(token)
+            replies["llama.cpp"].append(tokenizer.decode(tokens, skip_special_tokens=True))
+    for name, texts in replies.items():
+        if not texts:
+            continue
+        common = [_common(a, b) for a, b in zip(reference, texts, strict=True)]
+        same = sum(a == b for a, b in zip(reference, texts, strict=True))
+        lengths = " ".join(str(len(r)) for r in reference)
+        print(f"agreement with transformers float32, {name}: {same}/{len(texts)} replies identical; characters in "
+              f"common before they part: {' '.join(str(c) for c in common)} (of {lengths})")
+
+
+def _common(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
 
 
 def make_adapters(model: str, folder: Path, count: int) -> dict[str, Path]:
@@ -203,7 +252,7 @@ def tunesmith_server(args: argparse.Namespace, adapters: dict[str, Path]) -> Ite
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "tunesmith", "serve", "--model", args.model, "--port", str(port),
-           "--threads", str(args.threads), "--engine", args.engine, "--quantize", args.quantize,
+           "--threads", str(args.threads), "--engine", args.engine, *(["--int8"] if args.int8 else []),
            "--max-batch", str(args.max_batch), "--max-tokens-limit", str(max(args.max_tokens, 64)),
            "--max-queue", str(max(256, args.clients))]
     for name, path in adapters.items():

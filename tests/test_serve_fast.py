@@ -102,7 +102,7 @@ def test_transformers_model_still_computes_the_same_after_its_weights_are_fused(
 
 def test_int8_runs_prompts_exactly_and_decode_steps_close(tiny_model_dir: Path) -> None:
     model = load_model(str(tiny_model_dir)).eval()
-    exact, int8 = FastLlama(model, rows=1), FastLlama(model, quantize="int8", rows=1)
+    exact, int8 = FastLlama(model, rows=1), FastLlama(model, int8=True, rows=1)
     prompt = torch.tensor([[1, 50, 60, 70]])
     with torch.inference_mode():
         a = exact.forward(prompt, torch.tensor([0]), torch.tensor([4]))
@@ -127,8 +127,8 @@ def test_models_and_adapters_the_fast_path_cannot_serve_are_refused_clearly(tiny
     model = load_model(str(tiny_model_dir)).eval()
     model.config.model_type = "qwen2"
     assert supports(model) == "model type 'qwen2' (fast path: llama, mistral)"
-    with pytest.raises(ConfigError, match=r"--quantize int8 needs the fast engine"):
-        Engine(resolve(str(tiny_model_dir)), device="cpu", engine="transformers", quantize="int8")
+    with pytest.raises(ConfigError, match=r"--int8 needs the fast engine \(drop --engine transformers\)"):
+        Engine(resolve(str(tiny_model_dir)), device="cpu", engine="transformers", int8=True)
     fast = FastLlama(load_model(str(tiny_model_dir)).eval(), rows=1)
     dora = tmp_path / "dora"
     dora.mkdir()

@@ -93,7 +93,7 @@ class Engine:
     """The served models and the queue in front of them. Thread-safe; `close()` stops the worker."""
 
     def __init__(self, base: ModelRef, *, base_id: str | None = None, device: str = "auto",
-                 limits: Limits | None = None, engine: EngineKind = "auto", quantize: str = "none"):
+                 limits: Limits | None = None, engine: EngineKind = "auto", int8: bool = False):
         self.base = base
         self.base_id = base_id or base.name
         self.limits = limits or Limits()
@@ -108,7 +108,7 @@ class Engine:
         self.fast: FastLlama | None = None
         self.fast_check: dict[str, float] = {}  # the start-up comparison with transformers' logits
         self._fast_adapters: dict[str, Adapter] = {}
-        self._pick_engine(engine, quantize)
+        self._pick_engine(engine, int8)
         self._queue: list[Job] = []
         self._running = 0
         self._batches = 0  # batches run so far, and the largest: shows whether requests get batched
@@ -124,27 +124,25 @@ class Engine:
     def engine_name(self) -> str:
         if self.fast is None:
             return "transformers"
-        return "fast" if self.fast.quantize == "none" else f"fast-{self.fast.quantize}"
+        return "fast-int8" if self.fast.int8 else "fast"
 
-    def _pick_engine(self, engine: EngineKind, quantize: str) -> None:
+    def _pick_engine(self, engine: EngineKind, int8: bool) -> None:
         """The fast decoder when asked or when it fits (Llama-shaped, CPU), checked against transformers."""
         from tunesmith.serve import fast as fast_mod
 
-        if quantize not in ("none", "int8"):
-            raise ConfigError(f"--quantize '{quantize}': choose none or int8")
         why = fast_mod.supports(self.model)
         if engine == "transformers" or (engine == "auto" and (why or self.device != "cpu")):
-            if quantize != "none":
-                raise ConfigError(f"--quantize {quantize} needs the fast engine"
-                                  + (f", which does not support this model: {why}" if why else ""))
+            if int8:
+                raise ConfigError("--int8 needs the fast engine" + (f", which does not support this model: {why}"
+                                                                     if why else " (drop --engine transformers)"))
             return
         if why:
             raise ConfigError(f"--engine fast does not support this model: {why}")
-        self.fast = fast_mod.FastLlama(self.model, quantize=quantize, rows=self.limits.max_batch)  # type: ignore[arg-type]
+        self.fast = fast_mod.FastLlama(self.model, int8=int8, rows=self.limits.max_batch)
         self.fast_check = fast_mod.check_against(self.fast, self.model, self.chat_prompt(
             [{"role": "user", "content": "Say hello."}]))
-        log.info("fast engine (%s) vs transformers at start-up: %s", quantize, self.fast_check)
-        if quantize == "none" and self.fast_check["max_abs_diff"] > fast_mod.EXACT_TOLERANCE:
+        log.info("%s engine vs transformers at start-up: %s", self.engine_name, self.fast_check)
+        if not int8 and self.fast_check["max_abs_diff"] > fast_mod.EXACT_TOLERANCE:
             log.warning("fast engine disagrees with transformers (%s); serving with transformers", self.fast_check)
             self.fast = None
 

@@ -4,7 +4,7 @@ Why not transformers' forward: single-stream decode on a CPU is bound by the byt
 and by Python overhead per op. This decoder reads each layer's weights in four matrix products
 (q|k|v fused, o, gate|up fused, down), keeps one KV cache slot per batch row (rows of different lengths and
 different adapters decode together; a finished row's slot is refilled by the next request), and selects each
-row's LoRA adapter inside the batch (see `lora_rows`). With `quantize="int8"`, decode steps read the frozen
+row's LoRA adapter inside the batch (see `lora_rows`). With `int8=True`, decode steps read the frozen
 base weights as int8 per output channel through fbgemm's dynamic-quantization kernels (activations quantized
 per call): 4x fewer bytes than float32, at a measured cost in agreement. Prompts still run in float32, and
 LoRA weights stay float32. The fused float32 weights are shared with the transformers model (its modules
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from tunesmith.errors import ConfigError
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
     from tunesmith.serve.lora_rows import RowAdapters
 
-Quantize = Literal["none", "int8"]
 FAST_TYPES = ("llama", "mistral")
 EXACT_TOLERANCE = 1e-3  # largest |logit difference| from transformers accepted for float32 (rounding only)
 
@@ -48,6 +47,11 @@ def supports(model: PreTrainedModel) -> str | None:
         return "sliding-window attention"
     if (getattr(cfg, "hidden_act", "silu") or "silu") != "silu":
         return f"activation {cfg.hidden_act}"
+    import torch
+
+    block = model.model.layers[0]
+    if any(type(m) is not torch.nn.Linear for m in (block.self_attn.q_proj, block.mlp.down_proj)):
+        return "quantized or wrapped projection layers"
     return None
 
 
@@ -57,13 +61,13 @@ class Linear:
     one activation scale in fbgemm, and the first token's huge activations would flatten every other row's.
     """
 
-    def __init__(self, weight: torch.Tensor, quantize: Quantize):
+    def __init__(self, weight: torch.Tensor, int8: bool):
         import torch
 
         self.weight = weight
         self.out_features, self.in_features = weight.shape
         self.packed: Any = None
-        if quantize == "int8":
+        if int8:
             with warnings.catch_warnings():  # torch marks its quantized tensors deprecated; the kernels remain
                 warnings.simplefilter("ignore")
                 w = weight.detach().float()
@@ -106,24 +110,24 @@ class Layer:
 class FastLlama:
     """The decoder plus its KV cache (`rows` slots). Not thread-safe: the engine's worker owns it."""
 
-    def __init__(self, model: PreTrainedModel, *, quantize: Quantize = "none", rows: int = 32):
+    def __init__(self, model: PreTrainedModel, *, int8: bool = False, rows: int = 32):
         import torch
 
         why = supports(model)
         if why is not None:
             raise ConfigError(f"the fast decoder does not support this model: {why}")
-        if quantize == "int8" and not _has_fbgemm():
+        if int8 and not _has_fbgemm():
             raise ConfigError("int8 serving needs torch's fbgemm quantized kernels (x86 CPU builds of torch)")
         cfg, net = model.config, model.model
-        self.quantize = quantize
+        self.int8 = int8
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads or cfg.num_attention_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
         self.context = int(getattr(cfg, "max_position_embeddings", 0) or 2048)
         self.eps = float(cfg.rms_norm_eps)
         self.embed = net.embed_tokens.weight.detach()
         self.norm = net.norm.weight.detach()
-        self.head = Linear(model.lm_head.weight.detach(), quantize)
-        self.layers = [self._layer(block, quantize) for block in net.layers]
+        self.head = Linear(model.lm_head.weight.detach(), int8)
+        self.layers = [self._layer(block, int8) for block in net.layers]
         with torch.no_grad():  # the model's own rotary embedding: identical cos / sin, any RoPE variant
             dummy = torch.zeros(1, dtype=torch.float32, device=self.embed.device)
             cos, sin = net.rotary_emb(dummy, torch.arange(self.context, device=self.embed.device)[None])
@@ -134,13 +138,13 @@ class FastLlama:
         self.v: list[torch.Tensor] = []
 
     @staticmethod
-    def _layer(block: Any, quantize: Quantize) -> Layer:
+    def _layer(block: Any, int8: bool) -> Layer:
         a, m = block.self_attn, block.mlp
         qkv = _fuse(a.q_proj, a.k_proj, a.v_proj)
         gate_up = _fuse(m.gate_proj, m.up_proj)
-        return Layer(block.input_layernorm.weight.detach(), Linear(qkv, quantize), Linear(a.o_proj.weight.detach(),
-                     quantize), block.post_attention_layernorm.weight.detach(), Linear(gate_up, quantize),
-                     Linear(m.down_proj.weight.detach(), quantize))
+        return Layer(block.input_layernorm.weight.detach(), Linear(qkv, int8), Linear(a.o_proj.weight.detach(), int8),
+                     block.post_attention_layernorm.weight.detach(), Linear(gate_up, int8),
+                     Linear(m.down_proj.weight.detach(), int8))
 
     # -- cache ----------------------------------------------------------------------------------------
 
