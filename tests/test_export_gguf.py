@@ -217,9 +217,15 @@ def test_export_command_writes_the_files_and_reports_agreement(monkeypatch, caps
     assert f"wrote {out / 'support-run-q8_0.gguf'}" in stdout and "Q8_0" in stdout
     assert f"wrote {out / 'Modelfile'}: ollama create NAME -f" in stdout
     assert "agreement with the run, gguf weights in torch: greedy replies identical on" in stdout
-    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "support-run-q8_0.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["Modelfile", "support-run-q8_0.gguf", "tunesmith.json"]
+    assert json.loads((out / "tunesmith.json").read_text())["quant"] == "q8_0"
     code, _, err = run(monkeypatch, capsys, "export", str(run_dir), "-o", str(out))
     assert code == 2 and "folder exists and is not empty; choose another --out or pass --force" in err
+    code, _, _ = run(monkeypatch, capsys, "export", str(run_dir), "-o", str(out), "--force", "--check-tokens", "1")
+    assert code == 0  # an earlier export is replaced
+    code, _, err = run(monkeypatch, capsys, "export", str(run_dir), "-o", str(run_dir), "--force")
+    assert code == 2 and "not a folder tunesmith export wrote (no tunesmith.json); --force replaces only" in err
+    assert (run_dir / "adapter" / "adapter_config.json").is_file()  # untouched
     code, _, err = run(monkeypatch, capsys, "export", str(run_dir), "--format", "onnx")
     assert code == 2 and "--format 'onnx': the only export format is gguf" in err
     code, _, err = run(monkeypatch, capsys, "export", str(run_dir), "--quant", "q3_k", "-o", str(tmp_path / "x"))

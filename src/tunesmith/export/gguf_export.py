@@ -4,7 +4,12 @@ What is written into OUT:
 - `<name>-<quant>.gguf`: the whole model, adapter merged in (W + (alpha / r) B A), at the chosen precision;
 - `Modelfile`: for `ollama create <name> -f OUT/Modelfile`, with the chat template and stop strings;
 - with `lora_gguf`: `<base>-<quant>.gguf` (the base model alone), `<name>-lora.gguf` (the adapter, float32,
-  for `llama-server -m BASE --lora ADAPTER`) and `Modelfile.lora` (Ollama's FROM + ADAPTER).
+  for `llama-server -m BASE --lora ADAPTER`) and `Modelfile.lora` (Ollama's FROM + ADAPTER);
+- `tunesmith.json`: where the files came from and how they agree with the run; `force` replaces only a
+  folder that has one (an earlier export), never anything else.
+
+The adapter is merged into the full-precision base the run recorded, also for a QLoRA run (as `tunesmith
+merge` does): merging into 4-bit weights would round the update away.
 
 Before anything is merged, the unquantized run (base + adapter, float32) answers a few prompts greedily; the
 exported file must answer them the same way (see `agreement`).
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 PROBES = ("How do I reset my password?", "Write one sentence about the sea.", "What is 12 + 30?")
+MARKER = "tunesmith.json"
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,7 @@ def export_gguf(target: str | Path, out: str | Path | None = None, *, quant: str
     counts: dict[str, int] = {}
     for type_name in types.values():
         counts[type_name] = counts.get(type_name, 0) + 1
+    _write_marker(out, target, t.adapter, quant, checks)
     return ExportResult(out=out, gguf=gguf, modelfile=modelfile, quant=quant, bytes=gguf.stat().st_size,
                         tensor_types=counts, template_in_modelfile=has_template, agreements=checks,
                         base_gguf=base_gguf, adapter_gguf=adapter_gguf)
@@ -103,7 +110,25 @@ def _check_out(out: Path, force: bool) -> None:
     if out.is_dir() and any(out.iterdir()):
         if not force:
             raise ModelError(f"{out}: folder exists and is not empty; choose another --out or pass --force")
+        if not _is_export(out):
+            raise ModelError(f"{out}: not a folder tunesmith export wrote (no {MARKER}); --force replaces only "
+                             "those, choose another --out")
         shutil.rmtree(out)
+
+
+def _is_export(out: Path) -> bool:
+    try:
+        return json.loads((out / MARKER).read_text()).get("kind") == "gguf-export"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _write_marker(out: Path, target: str | Path, adapter: Path | None, quant: str,
+                  checks: list[agree.Agreement]) -> None:
+    provenance = {"kind": "gguf-export", "from": str(target), "adapter": str(adapter) if adapter else None,
+                  "quant": quant, "files": sorted(p.name for p in out.iterdir()),
+                  "agreement": [c.summary() for c in checks]}
+    (out / MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
 
 
 def _prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str) -> list[int]:
