@@ -22,7 +22,7 @@ def export_command(
                                      "default: three built-in prompts)."),
     check_tokens: int = typer.Option(32, "--check-tokens", min=1, help="Greedy tokens compared per prompt."),
     threads: int = typer.Option(0, "--threads", min=0, help="CPU threads (0 = torch's default)."),
-    force: bool = typer.Option(False, "--force", help="Replace a non-empty output folder."),
+    force: bool = typer.Option(False, "--force", help="Replace an earlier export in --out."),
 ) -> None:
     """Write the run as a merged GGUF file plus an Ollama Modelfile, and check it answers like the run."""
     from tunesmith.api import export_gguf

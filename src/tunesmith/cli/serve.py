@@ -131,8 +131,9 @@ def serve(
                                 "On a busy machine 1 can be much faster than more."),
     engine: str = typer.Option("auto", "--engine", help="auto (fast on a CPU when the model allows), fast, or "
                                "transformers."),
-    int8: bool = typer.Option(False, "--int8", help="Decode with int8 base weights: about 3x faster on a CPU, "
-                              "answers differ slightly (fast engine only; see docs/serve.md)."),
+    int8: bool = typer.Option(False, "--int8", help="Decode with int8 base weights: about 3x faster on a CPU; "
+                              "greedy replies part from float32's after some tokens (fast engine only; "
+                              "docs/serve.md)."),
 ) -> None:
     """Serve the model and its adapters over an OpenAI-compatible HTTP API."""
     import torch

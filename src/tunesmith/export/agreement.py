@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from tunesmith.errors import ModelError
-from tunesmith.export.tensors import _LAYER, Shape, unpermute_qk
+from tunesmith.export.tensors import LAYER_NAMES, Shape, unpermute_qk
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
@@ -151,7 +151,7 @@ def _gguf_to_hf(shape: Shape) -> dict[str, str]:
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
              "lm_head.weight": "output.weight"}
     for i in range(shape.layers):
-        for hf, gg in _LAYER.items():
+        for hf, gg in LAYER_NAMES.items():
             names[f"model.layers.{i}.{hf}.weight"] = f"blk.{i}.{gg}.weight"
     return names
 

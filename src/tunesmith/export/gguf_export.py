@@ -29,7 +29,7 @@ from tunesmith.errors import ModelError
 from tunesmith.export import agreement as agree
 from tunesmith.export.gguf_file import write_adapter, write_model
 from tunesmith.export.quant import check_quant
-from tunesmith.export.tensors import Shape, lora_tensors, model_tensors
+from tunesmith.export.tensors import Shape, gguf_name, lora_tensors, model_tensors
 from tunesmith.export.vocab import read_vocab
 from tunesmith.model.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, resolve_target
 
@@ -172,8 +172,6 @@ def _write_lora(path: Path, adapter: Path, model: PreTrainedModel, shape: Shape,
     for module_name, module in model.named_modules():
         scaling = getattr(module, "scaling", None)
         if isinstance(scaling, dict) and "default" in scaling:
-            from tunesmith.export.tensors import gguf_name
-
             gg = gguf_name(module_name.removeprefix("base_model.model.") + ".weight")
             if gg:
                 scales[gg] = float(scaling["default"])

@@ -28,14 +28,14 @@ if TYPE_CHECKING:
 GGUF_ARCH = "llama"
 SUPPORTED_TYPES = ("llama", "mistral")  # both run as llama.cpp's `llama` architecture
 
-_LAYER = {
+LAYER_NAMES = {
     "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
     "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
     "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
 }
 _TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
         "lm_head.weight": "output.weight"}
-_LAYER_NAME = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+_LAYER_KEY = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
 
 
 @dataclass(frozen=True)
@@ -93,9 +93,9 @@ def gguf_name(hf_name: str) -> str | None:
     """The GGUF name of a Hugging Face Llama weight, or None for weights GGUF does not store."""
     if hf_name in _TOP:
         return _TOP[hf_name]
-    m = _LAYER_NAME.match(hf_name)
-    if m and m.group(2) in _LAYER:
-        return f"blk.{m.group(1)}.{_LAYER[m.group(2)]}.weight"
+    m = _LAYER_KEY.match(hf_name)
+    if m and m.group(2) in LAYER_NAMES:
+        return f"blk.{m.group(1)}.{LAYER_NAMES[m.group(2)]}.weight"
     return None
 
 
