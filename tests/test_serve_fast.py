@@ -143,3 +143,27 @@ def test_models_and_adapters_the_fast_path_cannot_serve_are_refused_clearly(tiny
     with pytest.raises(ValueError, match=r"q_proj: LoRA shapes A \(4, 32\), B \(32, 4\) do not fit this model's "
                                          r"64 -> 64 projection"):
         read_adapter("w", make_adapter(other, tmp_path / "wide", seed=1), fast)
+
+
+@pytest.mark.slow
+def test_on_the_built_in_model_the_float32_fast_engine_replies_as_transformers_does() -> None:
+    """Greedy replies of the engine's fast path (continuous batch of 3) equal transformers' `generate` alone."""
+    from test_serve_engine import Collector
+    from tunesmith.serve.generate import SamplingParams
+
+    engine = Engine(resolve("smollm2-135m"), device="cpu")
+    prompts = ["How do I reset my password?", "Write one sentence about the sea.", "What is 12 + 30?"]
+    try:
+        assert engine.engine_name == "fast"
+        ids = [engine.chat_prompt([{"role": "user", "content": p}]) for p in prompts]
+        jobs = [Collector() for _ in prompts]
+        with engine._cond:
+            for prompt_ids, job in zip(ids, jobs, strict=True):
+                engine.submit(engine.base_id, prompt_ids, SamplingParams(max_tokens=24), job)
+        replies = [job.wait()[0] for job in jobs]
+        with torch.inference_mode():
+            for prompt_ids, reply in zip(ids, replies, strict=True):
+                out = engine.model.generate(input_ids=torch.tensor([prompt_ids]), max_new_tokens=24, do_sample=False)
+                assert reply == engine.tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
+    finally:
+        engine.close()
