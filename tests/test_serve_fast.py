@@ -167,3 +167,27 @@ def test_on_the_built_in_model_the_float32_fast_engine_replies_as_transformers_d
                 assert reply == engine.tokenizer.decode(out[0, len(prompt_ids):], skip_special_tokens=True)
     finally:
         engine.close()
+
+
+def test_the_kv_cache_grows_with_the_batch_and_the_engine_bounds_rows_times_positions(tiny_model_dir: Path) -> None:
+    from test_serve_engine import Collector
+    from tunesmith.serve.engine import Limits
+    from tunesmith.serve.generate import SamplingParams
+
+    fast = FastLlama(load_model(str(tiny_model_dir)).eval(), rows=32)
+    with torch.inference_mode():
+        fast.forward(torch.tensor([[1] * 100]), torch.tensor([0]), torch.tensor([100]))
+    assert fast.k[0].shape[0] == 1 and fast.capacity >= 100  # one long row costs one slot, not 32
+    fast.release()
+    assert fast.k == [] and fast.capacity == 0
+    engine = Engine(resolve(str(tiny_model_dir)), device="cpu", limits=Limits(max_batch_tokens=100))
+    try:
+        with engine._cond:  # 2 x (40 + 20) positions would pass 100: the second request waits for the first
+            jobs = [Collector(), Collector()]
+            for job in jobs:
+                engine.submit(engine.base_id, [5] * 40, SamplingParams(max_tokens=20), job)
+        for job in jobs:
+            job.wait()
+        assert engine.stats()["batches"] == 2 and engine.stats()["largest_batch"] == 1
+    finally:
+        engine.close()

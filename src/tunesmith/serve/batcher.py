@@ -128,3 +128,5 @@ class LiveBatch:
                 self.live[slot] = self.live[last]
             self.live.pop()
             self._adapters = None
+        if not self.live:
+            self.fast.release()

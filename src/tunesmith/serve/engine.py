@@ -52,7 +52,8 @@ class Limits:
     max_tokens: int = 512  # largest max_tokens a request may ask for; chat's default when omitted
     max_prompt_tokens: int = 4096  # also capped by the model's context window
     max_batch: int = 32  # requests for one model decoded together
-    max_batch_tokens: int = 16384  # rows x longest prompt in one batch: bounds the prefill's memory
+    max_batch_tokens: int = 16384  # rows x longest prompt in one batch (transformers engine), or rows x longest
+    # prompt + max_tokens in the running batch (fast engine): bounds the prefill's and the KV cache's memory
     batch_window_s: float = 0.02  # how long an idle worker waits for simultaneous requests to batch them
     max_queue: int = 256  # requests waiting or running; more get 503
 
@@ -392,7 +393,7 @@ class Engine:
                     if deadline > now:
                         self._cond.wait(deadline - now)
                         continue
-                take = self._fill(self.limits.max_batch - len(batch))
+                take = self._fill(self.limits.max_batch - len(batch), [n.row for n in batch.live])
                 self._queue = [j for j in self._queue if j not in take]
                 self._running = len(batch) + len(take)
                 if take:
@@ -400,18 +401,19 @@ class Engine:
                 self._largest_batch = max(self._largest_batch, self._running)
                 return take
 
-    def _fill(self, free: int) -> list[Job]:
-        """Oldest first, any model, while rows x longest prompt of the newcomers stays within the token budget."""
+    def _fill(self, free: int, live: list[Row]) -> list[Job]:
+        """Oldest first, any model, while rows x (longest prompt + max_tokens) of the whole running batch stays
+        within the token budget (the KV cache holds that much); a request alone always fits."""
         take: list[Job] = []
-        width = 0
+        span = max((len(r.prompt_ids) + r.params.max_tokens for r in live), default=0)
         for job in self._queue:
             if len(take) == free:
                 break
-            wider = max(width, len(job.row.prompt_ids))
-            if take and (len(take) + 1) * wider > self.limits.max_batch_tokens:
-                continue  # a longer prompt waits for the next admission, as in `_pick`
+            wider = max(span, len(job.row.prompt_ids) + job.row.params.max_tokens)
+            if (live or take) and (len(live) + len(take) + 1) * wider > self.limits.max_batch_tokens:
+                continue  # waits for rows to finish, as a longer prompt waits in `_pick`
             take.append(job)
-            width = wider
+            span = wider
         return take
 
     def _live(self, jobs: list[Job]) -> list[Any]:

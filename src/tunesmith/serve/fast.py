@@ -148,25 +148,36 @@ class FastLlama:
 
     # -- cache ----------------------------------------------------------------------------------------
 
-    def reserve(self, length: int) -> None:
-        """Make every slot hold `length` positions (grows by doubling; keeps what is cached)."""
+    def reserve(self, rows: int, length: int) -> None:
+        """Make slots 0..rows-1 hold `length` positions each; keeps what is cached. The cache grows with
+        the batch (rows x positions, by half again each time), so a long prompt alone does not cost
+        `self.rows` long slots; the engine's admission bounds rows x positions (Limits.max_batch_tokens)."""
         import torch
 
-        if length <= self.capacity:
+        have_rows = self.k[0].shape[0] if self.k else 0
+        if rows <= have_rows and length <= self.capacity:
             return
-        if length > self.context:
-            raise ValueError(f"{length} positions exceed the context window of {self.context}")
-        new = min(self.context, max(length, 2 * self.capacity, 64))
-        shape = (self.rows, self.kv_heads, new, self.head_dim)
+        if length > self.context or rows > self.rows:
+            raise ValueError(f"{rows} rows x {length} positions exceed {self.rows} rows or the context window "
+                             f"of {self.context}")
+        new_len = min(self.context, max(length, self.capacity + self.capacity // 2, 64))
+        new_rows = min(self.rows, max(rows, have_rows + have_rows // 2))
+        shape = (new_rows, self.kv_heads, new_len, self.head_dim)
         for store in (self.k, self.v):
             old = list(store)
             store.clear()
             for i in range(len(self.layers)):
                 grown = torch.zeros(shape, dtype=self.embed.dtype, device=self.embed.device)
                 if old:
-                    grown[:, :, : self.capacity] = old[i]
+                    grown[:have_rows, :, : self.capacity] = old[i]
                 store.append(grown)
-        self.capacity = new
+        self.capacity = new_len
+
+    def release(self) -> None:
+        """Free the KV cache (when no row is live): a burst of long requests does not hold memory forever."""
+        self.k.clear()
+        self.v.clear()
+        self.capacity = 0
 
     def move(self, src: int, dst: int) -> None:
         """Copy slot `src`'s cache into slot `dst` (keeps the live rows in slots 0..n-1)."""
@@ -189,7 +200,7 @@ class FastLlama:
         exact = T > 1  # prompts in float32 even with int8 weights (see Linear)
         pos = start[:, None] + torch.arange(T, device=ids.device)  # (B, T)
         span = int(pos.max()) + 1
-        self.reserve(span)
+        self.reserve(first_slot + B, span)
         visible = torch.arange(span, device=ids.device)[None, None, :] <= pos[:, :, None]  # (B, T, S)
         mask = torch.zeros(visible.shape, dtype=self.embed.dtype, device=ids.device).masked_fill_(
             ~visible, float("-inf"))[:, None]  # (B, 1, T, S), additive: SDPA would convert a bool mask per layer
