@@ -191,3 +191,15 @@ def test_the_kv_cache_grows_with_the_batch_and_the_engine_bounds_rows_times_posi
         assert engine.stats()["batches"] == 2 and engine.stats()["largest_batch"] == 1
     finally:
         engine.close()
+
+
+def test_serve_command_refuses_int8_without_the_fast_engine(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str],
+                                                           tiny_model_dir: Path) -> None:
+    from cli_helpers import run
+
+    code, _, err = run(monkeypatch, capsys, "serve", "--model", str(tiny_model_dir), "--int8", "--engine",
+                       "transformers")
+    assert code == 2 and "--int8 needs the fast engine (drop --engine transformers)" in err
+    code, _, err = run(monkeypatch, capsys, "serve", "--model", str(tiny_model_dir), "--engine", "turbo")
+    assert code == 2 and "--engine 'turbo': choose auto, fast or transformers" in err
