@@ -264,6 +264,7 @@ def tunesmith_server(args: argparse.Namespace, adapters: dict[str, Path]) -> Ite
         deadline = time.monotonic() + 600
         while True:
             try:
+                health(url, "/health")
                 args.engine_used = health(url).get("engine", "?")
                 break
             except OSError:
@@ -279,8 +280,9 @@ def tunesmith_server(args: argparse.Namespace, adapters: dict[str, Path]) -> Ite
         log.close()
 
 
-def health(url: str) -> dict[str, Any]:
-    with urllib.request.urlopen(url + "/health", timeout=5) as r:
+def health(url: str, path: str = "/v1/stats") -> dict[str, Any]:
+    """The server's counters (batches, largest batch, engine); /health only says it is up."""
+    with urllib.request.urlopen(url + path, timeout=5) as r:
         return json.loads(r.read())
 
 
