@@ -1,4 +1,4 @@
-"""The whole pipeline on one screen: check data -> plan -> train -> evaluate -> merge / serve.
+"""The whole pipeline on one screen: check data -> plan -> train -> evaluate -> merge / export / serve.
 
 Each function is what the matching CLI command calls; use them from Python the same way. The CLI only
 parses arguments, calls these, and prints what they return.
@@ -102,6 +102,13 @@ def merge_adapter(target: str | Path, out: str | Path, *, adapter: str | Path | 
     from tunesmith.model.merge import merge
 
     return merge(target, out, adapter=adapter, force=force)
+
+
+def export_gguf(target: str | Path, out: str | Path | None = None, **options: Any) -> Any:
+    """Write a run as GGUF (merged, optionally base + LoRA adapter) plus an Ollama Modelfile, checked against it."""
+    from tunesmith.export.gguf_export import export_gguf as export
+
+    return export(target, out, **options)
 
 
 def _count_examples(config: TrainConfig) -> int:

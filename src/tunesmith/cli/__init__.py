@@ -8,7 +8,7 @@ import sys
 import typer
 
 from tunesmith import __version__
-from tunesmith.cli import data, evaluate, plan, serve, train
+from tunesmith.cli import data, evaluate, export, plan, serve, train
 from tunesmith.cli.common import console_err, fail
 from tunesmith.errors import TunesmithError
 
@@ -36,7 +36,7 @@ def _root(
 
 
 app.add_typer(data.app, name="data")
-for module in (plan, train, evaluate, serve):
+for module in (plan, train, evaluate, serve, export):
     module.register(app)
 
 
