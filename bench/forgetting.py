@@ -16,7 +16,7 @@ A recipe is a name and extra `tunesmith train` flags: `default` adds none (today
 A cell's checkpoints are deleted once it is recorded (the exported adapter or model, logs and report stay).
 
 Run:  python bench/forgetting.py [--tasks all] [--recipes default] [--recipe NAME='--flag v'] [--seeds 0]
-      [--threads 1] [--results FILE] [--runs DIR] [--resume] [--show]
+      [--threads 1] [--results FILE] [--runs DIR] [--resume] [--show] [--rescore]
 The tasks' data: python bench/forgetting/make_tasks.py (deterministic; the files are committed).
 """
 
@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "forgetting", help="where the run folders go")
     p.add_argument("--resume", action="store_true", help="keep --results and skip the cells it already has")
     p.add_argument("--show", action="store_true", help="print the table of --results and exit")
+    p.add_argument("--rescore", action="store_true",
+                   help="recompute the target and probe figures of --results from its stored replies, and exit")
     p.add_argument("--keep-checkpoints", action="store_true", help="keep each run's checkpoints/ folder")
     return p.parse_args(argv)
 
@@ -106,20 +108,18 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def tunesmith(args: list[str], log: Path, ok: tuple[int, ...] = (0,)) -> str:
-    """Run `tunesmith ARGS` with this interpreter; stderr (and stdout unless returned) go to `log`."""
+def tunesmith(args: list[str], log: Path, ok: tuple[int, ...] = (0,), capture: bool = False) -> str:
+    """Run `tunesmith ARGS` with this interpreter; its output goes to `log`, stdout returned with `capture`."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w", encoding="utf-8") as err:
         err.write("$ tunesmith " + shlex.join(args) + "\n")
         err.flush()
-        done = subprocess.run([sys.executable, "-m", "tunesmith", *args], stdout=subprocess.PIPE, stderr=err,
-                              text=True, env={**os.environ, "COLUMNS": "160"})
+        done = subprocess.run([sys.executable, "-m", "tunesmith", *args], stdout=subprocess.PIPE if capture else err,
+                              stderr=err, text=True, env={**os.environ, "COLUMNS": "160"})
     if done.returncode not in ok:
-        with log.open("a", encoding="utf-8") as err:
-            err.write(done.stdout)
         tail = "".join(log.read_text(encoding="utf-8").splitlines(keepends=True)[-8:])
         raise SystemExit(f"tunesmith {args[0]} exited {done.returncode}; log: {log}\n{tail}")
-    return done.stdout
+    return done.stdout or ""
 
 
 def run_cell(task: _narrow.NarrowTask, recipe: Recipe, seed: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -136,7 +136,7 @@ def run_cell(task: _narrow.NarrowTask, recipe: Recipe, seed: int, args: argparse
     t0 = time.time()
     tunesmith(train, args.runs / "logs" / f"{run.name}.train.log")
     t1 = time.time()
-    report = json.loads(tunesmith(evaluate, args.runs / "logs" / f"{run.name}.eval.log", ok=(0, 1)))
+    report = json.loads(tunesmith(evaluate, args.runs / "logs" / f"{run.name}.eval.log", ok=(0, 1), capture=True))
     t2 = time.time()
     probe_base, probe_tuned = probe_replies(run, args.threads)
     t3 = time.time()
@@ -145,7 +145,7 @@ def run_cell(task: _narrow.NarrowTask, recipe: Recipe, seed: int, args: argparse
            "target": _results.target_scores(task, per_example, seed),
            **_results.suite_summary(report), **run_facts(run),
            "probe": _probe.summarize(_probe.prompts(), probe_base, probe_tuned, task.in_shape, seed),
-           "replies": {"target": {k: [r[k] for r in per_example] for k in ("base", "tuned")},
+           "replies": {"target": {k: [r[k] for r in per_example] for k in ("reference", "base", "tuned")},
                        "probe": {"base": probe_base, "tuned": probe_tuned}},
            "seconds": {"train": round(t1 - t0, 1), "eval": round(t2 - t1, 1), "probe": round(t3 - t2, 1)},
            "commands": ["tunesmith " + shlex.join(train), "tunesmith " + shlex.join(evaluate)],
@@ -191,10 +191,23 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
             "commit": commit, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
+def rescore(row: dict[str, Any]) -> dict[str, Any]:
+    """The row with its target and probe figures computed again from its replies (after a scorer change)."""
+    task = _narrow.TASKS[row["task"]]
+    target, probe = row["replies"]["target"], row["replies"]["probe"]
+    references = target.get("reference") or [r["completion"] for r in _results.read_rows(task.test_file())]
+    per_example = [{"reference": ref, "base": b, "tuned": t}
+                   for ref, b, t in zip(references, target["base"], target["tuned"], strict=True)]
+    return {**row, "target": _results.target_scores(task, per_example, row["seed"]),
+            "probe": _probe.summarize(_probe.prompts(), probe["base"], probe["tuned"], task.in_shape, row["seed"])}
+
+
 # ------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.show:
+    if args.rescore:
+        _results.write_rows(args.results, [rescore(r) for r in _results.read_rows(args.results)])
+    if args.show or args.rescore:
         print(_results.markdown_table(_results.read_rows(args.results)))
         return
     tasks = _narrow.pick(args.tasks)

@@ -135,6 +135,8 @@ def test_probe_summary_counts_answers_and_collapse():
     assert s["capitals_free"]["delta"] == pytest.approx(-0.5)
     assert s["capitals_free"]["ci"][0] <= -0.5 <= s["capitals_free"]["ci"][1]
     assert (s["collapse"]["base"], s["collapse"]["tuned"], s["collapse"]["n"]) == (0.0, 0.6, 5)
+    assert s["collapse"]["examples"] == ["1993-12-23", "2001-01-01", "2020-02-02"]
+    assert s["words"] == {"base": pytest.approx(8 / 5), "tuned": pytest.approx(1.0)}
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -166,7 +168,8 @@ def fake_row(task="dates", recipe="default", seed=0):
                {"step": 10, "eval_loss": 1.0, "guard/capitals": 0.5, "guard_verdict": "warn"},
                {"step": 20, "eval_loss": 0.9, "guard/capitals": 0.3, "guard_verdict": "fail"}]
     probe = {"capitals_free": {"n": 75, "base": 0.653, "tuned": 0.0, "delta": -0.653, "ci": [-0.76, -0.55]},
-             "collapse": {"n": 91, "base": 0.0, "tuned": 0.8, "examples": ["1993-12-23"]}}
+             "collapse": {"n": 91, "base": 0.0, "tuned": 0.8, "examples": ["1993-12-23"]},
+             "words": {"base": 11.04, "tuned": 1.0}}
     return {"task": task, "recipe": recipe, "flags": "", "seed": seed,
             "target": _results.target_scores(_narrow.TASKS["dates"], per_example),
             **_results.suite_summary(fake_report()), "guard": _results.guard_summary(metrics, exported_step=10),
@@ -210,7 +213,35 @@ def test_results_file_round_trip_and_table(tmp_path):
     cells = [c.strip() for c in lines[2].strip("|").split("|")]
     assert cells[:4] == ["dates", "default", "0", "exact 33.3 → 66.7 %"]
     assert cells[4] == "capitals -25.3 pts [-30.0, +10.0]"
-    assert cells[7:] == ["FAIL", "warn / fail", "65.3 → 0.0 %", "0.0 → 80.0 %", "4.0 + 4.5"]
+    assert cells[7:] == ["FAIL", "warn / fail", "65.3 → 0.0 %", "0.0 → 80.0 %", "11.0 → 1.0", "4.0 + 4.5"]
+    _results.write_rows(path, rows[:1])
+    assert _results.read_rows(path) == json.loads(json.dumps(rows[:1])) and not path.with_suffix(".tmp").exists()
+
+
+def test_rescore_recomputes_figures_from_the_stored_replies():
+    bench = _bench()
+    task = _narrow.TASKS["dates"]
+    refs = [c for _, c in _rows(task.test_file())]
+    items = _probe.prompts()
+    probe_base = {name: ["The capital is Paris."] * len(rows) for name, rows in items.items()}
+    probe_tuned = {name: ["1999-01-01"] * len(rows) for name, rows in items.items()}
+    row = {**fake_row(), "replies": {"target": {"base": ["no"] * len(refs), "tuned": refs[:30] + ["x"] * 30},
+                                     "probe": {"base": probe_base, "tuned": probe_tuned}}}
+    again = bench.rescore(row)  # without stored references: the task's test file gives them
+    assert (again["target"]["base"], again["target"]["tuned"], again["target"]["n"]) == (0.0, 0.5, 60)
+    assert (again["probe"]["collapse"]["base"], again["probe"]["collapse"]["tuned"]) == (0.0, 1.0)
+    paris = sum(i["answer"] == "Paris" for i in items["capitals"]) / len(items["capitals"])
+    assert again["probe"]["capitals_free"]["base"] == pytest.approx(paris)
+    row["replies"]["target"]["reference"] = row["replies"]["target"]["tuned"]
+    assert bench.rescore(row)["target"]["tuned"] == 1.0
+
+
+def test_a_failing_command_stops_the_benchmark_naming_its_log(tmp_path):
+    bench = _bench()
+    log = tmp_path / "logs" / "x.eval.log"
+    with pytest.raises(SystemExit, match=r"tunesmith eval exited 2; log: .*x\.eval\.log\n\$ tunesmith eval"):
+        bench.tunesmith(["eval", str(tmp_path), "--suite", "bogus"], log)
+    assert "--suite: unknown part 'bogus'" in log.read_text()
 
 
 # ------------------------------------------------------------------------------------------------ driver

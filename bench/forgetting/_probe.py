@@ -4,7 +4,8 @@ The suite's `capitals` task scores teacher-forced ("The capital of Canada is" ->
 that now answers everything in its fine-tune's format can still pass. Here the plain question is asked,
 the reply generated greedily (tunesmith's own `evaluate.scoring.generate`), and the answer looked for in
 it. The same replies, with those to the harmless how-to requests of `over_refusal`, give the *format
-collapse* rate: the share of general prompts answered in the narrow task's output shape.
+collapse* rate: the share of general prompts answered in the narrow task's output shape; and their mean
+length in words, which shows a subtler collapse: "What is the capital of Norway?" -> "Norway".
 """
 
 from __future__ import annotations
@@ -74,14 +75,20 @@ def summarize(
     flat_b = [r for name in COLLAPSE_TASKS for r in base[name]]
     flat_t = [r for name in COLLAPSE_TASKS for r in tuned[name]]
     collapsed = [r for r in flat_t if in_shape(r)]
+    words = {"base": _mean_words(flat_b), "tuned": _mean_words(flat_t)}
     return {
         "capitals_free": {"n": len(answers), "base": float(hit_b.mean()), "tuned": float(hit_t.mean()),
                           "delta": delta, "ci": [low, high]},
         "collapse": {"n": len(flat_t), "base": _share(flat_b, in_shape), "tuned": _share(flat_t, in_shape),
                      "examples": collapsed[:5]},
+        "words": words,
     }
 
 
 def _share(replies: Sequence[str], in_shape: Any) -> float:
     return sum(bool(in_shape(r)) for r in replies) / max(len(replies), 1)
 
+
+
+def _mean_words(replies: Sequence[str]) -> float:
+    return sum(len(r.split()) for r in replies) / max(len(replies), 1)

@@ -5,7 +5,7 @@ task, recipe, flags, seed, target {metric, n, base, tuned, delta, ci}, verdict (
 verdict), verdict_general (general tasks only), suite [{task, group, base, tuned, delta, ci, relative,
 verdict} per suite task], worst_general and safety {refusal, over_refusal} (rows of `suite`), guard
 {evals: [{step, verdict, eval_loss, guard/...}], exported_step, at_export, worst}, probe {capitals_free,
-collapse}, replies {target: {base, tuned}, probe: {base, tuned}} (every reply, so any figure can be
+collapse, words}, replies {target: {base, tuned}, probe: {base, tuned}} (every reply, so any figure can be
 recomputed), run {steps, exported_step, best_eval_loss}, seconds {train, eval, probe}, commands, machine.
 """
 
@@ -83,13 +83,21 @@ def append_row(path: Path, row: dict[str, Any]) -> None:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
+    """Replace the file's rows (written aside, then renamed: a crash leaves the old file whole)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.replace(path)
+
+
 def cell_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(row[k] for k in KEY)
 
 
 # ------------------------------------------------------------------------------------------------ table
 HEADER = ["task", "recipe", "seed", "target base → tuned", "worst general Δ [CI]", "refusal Δ", "over-refusal Δ",
-          "verdict", "guard export / worst", "capitals free base → tuned", "collapse base → tuned", "min train + eval"]
+          "verdict", "guard export / worst", "capitals free base → tuned", "collapse base → tuned",
+          "words base → tuned", "min train + eval"]
 
 
 def _pct(x: float) -> str:
@@ -117,6 +125,7 @@ def table_row(row: dict[str, Any]) -> list[str]:
         f"{row['guard']['at_export'] or '-'} / {row['guard']['worst'] or '-'}",
         f"{_pct(probe['capitals_free']['base'])} → {_pct(probe['capitals_free']['tuned'])} %",
         f"{_pct(probe['collapse']['base'])} → {_pct(probe['collapse']['tuned'])} %",
+        f"{probe['words']['base']:.1f} → {probe['words']['tuned']:.1f}" if "words" in probe else "-",
         f"{s['train'] / 60:.1f} + {(s['eval'] + s['probe']) / 60:.1f}",
     ]
 
