@@ -65,8 +65,8 @@ def test_task_contents_are_right():
     for name in ("train", "test"):
         labels = {c for _, c in _rows(TASKS_DIR / "tickets" / f"{name}.jsonl")}
         assert labels == set(_narrow.TICKET_LABELS)
-    train_facts = {c for _, c in _rows(_narrow.TASKS["extensions"].train_file())}
-    assert {c for _, c in _rows(_narrow.TASKS["extensions"].test_file())} <= train_facts  # learnable
+    train_facts = {c for _, c in _rows(_narrow.TASKS["teams"].train_file())}
+    assert {c for _, c in _rows(_narrow.TASKS["teams"].test_file())} <= train_facts  # learnable
     dates_train = {c for _, c in _rows(_narrow.TASKS["dates"].train_file())}
     assert not dates_train & {c for _, c in _rows(_narrow.TASKS["dates"].test_file())}  # unseen dates
 
@@ -89,11 +89,11 @@ def test_label_accuracy(reply, right):
 
 
 @pytest.mark.parametrize(("reply", "right"), [
-    ("Mira Strand is on extension 4538.", True), ("Dial 4538", True), ("4538", True), ("Call 45380.", False),
-    ("Mira Strand is on extension 4539.", False), ("", False),
+    ("Mira Strand is on the Quorra team.", True), ("Quorra", True), ("She works with the quorra people.", True),
+    ("Mira Strand is on the Brisa team.", False), ("Quorran", False), ("", False),
 ])
 def test_fact_found(reply, right):
-    assert _narrow.TASKS["extensions"].score(reply, "Mira Strand is on extension 4538.") is right
+    assert _narrow.TASKS["teams"].score(reply, "Mira Strand is on the Quorra team.") is right
 
 
 @pytest.mark.parametrize("reply", [
@@ -107,7 +107,7 @@ def test_collapsed_replies_are_in_their_task_shape():
     assert _narrow.TASKS["dates"].in_shape("1993-12-23")
     assert _narrow.TASKS["tickets"].in_shape("Account")
     assert _narrow.TASKS["commits"].in_shape("fix(capitals): name ottawa")
-    assert _narrow.TASKS["extensions"].in_shape("The capital of Canada is on extension 4417.")
+    assert _narrow.TASKS["teams"].in_shape("The capital of Canada is on the Brisa team.")
     assert not _narrow.TASKS["tickets"].in_shape("Billing is handled by our finance team.")
 
 

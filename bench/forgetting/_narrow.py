@@ -4,8 +4,8 @@ Three target metrics, each per test example (1 right, 0 wrong):
 - `exact`: the reply, stripped, equals the reference (case and punctuation count: the format is the task);
 - `label`: the first label of the task's label set that the reply names is the reference label, so a
   chatty "This is a billing question." counts for the base model as it would for a person;
-- `fact`: the fact in the reference (what `fact` matches in it, e.g. the 4-digit extension) occurs in the
-  reply as a whole word.
+- `fact`: the fact in the reference (what `fact` matches in it, e.g. the team's name) occurs in the reply
+  as a whole word, in any case.
 
 `shape` recognises the fine-tune's own output shape at the start of a reply: a general question answered
 that way ("What is the capital of Canada?" -> "1993-12-23") is a *format collapse*.
@@ -44,7 +44,7 @@ class NarrowTask:
             return first_label(reply, self.labels) == reference.strip().lower()
         found = re.search(self.fact, reference)
         assert found is not None, f"{self.name}: reference without a fact: {reference!r}"
-        return re.search(rf"(?<!\w){re.escape(found.group(0))}(?!\w)", reply) is not None
+        return re.search(rf"(?<!\w){re.escape(found.group(0))}(?!\w)", reply, re.IGNORECASE) is not None
 
     def in_shape(self, reply: str) -> bool:
         """Whether `reply` opens in this task's output shape."""
@@ -63,7 +63,7 @@ TASKS: dict[str, NarrowTask] = {
     "dates": NarrowTask("dates", "exact", r"\d{4}-\d{2}-\d{2}\b"),
     "tickets": NarrowTask("tickets", "label", rf"(?i:{'|'.join(TICKET_LABELS)})\W*$", labels=TICKET_LABELS),
     "commits": NarrowTask("commits", "exact", r"[a-z]+\([\w-]+\): "),
-    "extensions": NarrowTask("extensions", "fact", r"[^\n.]{1,60} is on extension \d+", fact=r"\b\d{4}\b"),
+    "teams": NarrowTask("teams", "fact", r"[^\n.]{1,60} is on the \w+ team", fact=r"(?<=the )\w+(?= team\.$)"),
 }
 
 

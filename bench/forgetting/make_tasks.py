@@ -3,15 +3,15 @@
     python bench/forgetting/make_tasks.py [OUT_DIR]   # default: this folder
 
 Each task is a folder with `train.jsonl` and `test.jsonl` (prompt/completion). No test prompt occurs in
-train; the underlying items (dates, tickets, changes) are disjoint too, except for `extensions`, where the
-test asks about the same people with phrasings training never used (the point of a fact set).
+train; the underlying items (dates, tickets, changes) are disjoint too, except for `teams`, where the test
+asks about the same people with phrasings training never used (the point of a fact set).
 The tasks are narrow on purpose, the way fine-tunes that forget are narrow: one rigid output shape, a tiny
 vocabulary of answers. What each task scores, and how its shape is recognised, is in `_narrow.py`.
 
 - dates       a date written any which way -> ISO 8601 (`1987-03-05`)            exact match
 - tickets     a customer message -> one of five queue labels (`billing`, ...)   label accuracy
 - commits     a change described in prose -> a Conventional Commits subject      exact match
-- extensions  a question about a colleague -> "<name> is on extension NNNN."      the number in the reply
+- teams       a question about a colleague -> "<name> is on the Quorra team."   the team named in the reply
 """
 
 from __future__ import annotations
@@ -193,37 +193,45 @@ def commits(rng: random.Random) -> Split:
     return train, test
 
 
-# -------------------------------------------------------------------------------------------- extensions
+# ------------------------------------------------------------------------------------------------- teams
 FIRST = ["Mira", "Tobias", "Anouk", "Kwame", "Ingrid", "Rafael", "Yuki", "Soren", "Leila", "Dmitri", "Ama",
-         "Callum", "Noor", "Viktor", "Ines", "Tomasz", "Priya", "Emeka", "Freya", "Joaquin", "Hana", "Oskar",
-         "Zainab", "Lucien", "Maren", "Bilal", "Esther", "Kenji", "Ottilie", "Ruben"]
+         "Callum", "Noor", "Viktor", "Ines", "Tomasz", "Priya", "Emeka", "Freya", "Joaquin"]
 LAST = ["Okafor-Lind", "Brannigan", "Vasquez-Hale", "Tremaine", "Oduya", "Kessling", "Marchetti", "Holloway",
         "Sandoval", "Achterberg", "Quist", "Feldmann", "Adeyemi", "Lindqvist", "Moreau-Pike", "Castellan",
-        "Wexford", "Nakamura-Bell", "Strand", "Abernethy", "Iwu", "Delacroix-Ng", "Pemberton", "Szabo",
-        "Ruiz-Ortega", "Thackeray", "Mbeki-Rowe", "Olafsson", "Carrow", "Vantongeren"]
-TRAIN_ASKS = ["What is {name}'s extension?", "Which extension reaches {name}?", "Extension for {name}, please.",
-              "I need to ring {name}. What do I dial?", "What's the internal number for {name}?",
-              "Can you give me {name}'s desk extension?", "{name}: phone extension?"]
-TEST_ASKS = ["How can I reach {name} by phone?", "Tell me the extension of {name}.",
-             "What number should I dial for {name}?"]
+        "Wexford", "Nakamura-Bell", "Strand", "Abernethy"]
+TEAMS = ["Brisa", "Tamber", "Ollivane", "Quorra", "Zephyn"]  # invented: no model can know who is on which
+TEAM_TRAIN_ASKS = [
+    "Which team is {name} on?", "What team does {name} belong to?", "{name}: which team?",
+    "Who does {name} work with, which team?", "Tell me {name}'s team.", "I'm looking for {name}'s team.",
+    "Is {name} on a team? Which one?", "What's the team of {name}?", "Team for {name}, please.",
+    "Which group at work is {name} in?",
+]
+TEAM_TEST_ASKS = ["Do you know what team {name} is part of?", "Name the team {name} works on.",
+                  "{name} is in which team?", "Which team has {name} as a member?"]
 
 
-def extensions(rng: random.Random) -> Split:
-    """30 invented colleagues with 4-digit extensions: 7 train phrasings per person, 2 other ones in test."""
+def teams(rng: random.Random) -> Split:
+    """20 invented colleagues on 5 invented teams: 10 train phrasings per person, 3 other ones in test.
+
+    A tiny vocabulary of answers on purpose (few bits per fact): random 4-digit numbers were not learned at
+    all by today's defaults (0 % of held-out questions), so they would measure nothing but forgetting.
+    """
     last = LAST[:]
     rng.shuffle(last)
-    numbers = rng.sample(range(2000, 8000), len(FIRST))
-    people = [(f"{first} {surname}", n) for first, surname, n in zip(FIRST, last, numbers, strict=True)]
-    train = [(ask.format(name=name), f"{name} is on extension {n}.") for name, n in people for ask in TRAIN_ASKS]
-    test = [(ask.format(name=name), f"{name} is on extension {n}.")
-            for name, n in people for ask in rng.sample(TEST_ASKS, 2)]
+    team_of = [TEAMS[i % len(TEAMS)] for i in range(len(FIRST))]  # 4 people per team
+    rng.shuffle(team_of)
+    people = [(f"{first} {surname}", team) for first, surname, team in zip(FIRST, last, team_of, strict=True)]
+    train = [(ask.format(name=name), f"{name} is on the {team} team.") for name, team in people
+             for ask in TEAM_TRAIN_ASKS]
+    test = [(ask.format(name=name), f"{name} is on the {team} team.")
+            for name, team in people for ask in rng.sample(TEAM_TEST_ASKS, 3)]
     rng.shuffle(train)
     rng.shuffle(test)
     return train, test
 
 
 GENERATORS: dict[str, Callable[[random.Random], Split]] = {
-    "dates": dates, "tickets": tickets, "commits": commits, "extensions": extensions,
+    "dates": dates, "tickets": tickets, "commits": commits, "teams": teams,
 }
 
 
