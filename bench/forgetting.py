@@ -23,6 +23,7 @@ The tasks' data: python bench/forgetting/make_tasks.py (deterministic; the files
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -181,11 +182,17 @@ def run_facts(run: Path) -> dict[str, Any]:
             "guard": _results.guard_summary(read_metrics(run / "metrics.jsonl"), exported)}
 
 
+@functools.cache
+def code_commit() -> str:
+    """The commit checked out when the benchmark started (the code every cell of this invocation runs)."""
+    return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
     import tunesmith
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True).stdout.strip()
+    commit = code_commit()
     return {"cpus": os.cpu_count(), "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()], "tunesmith": tunesmith.__version__,
             "commit": commit, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
@@ -210,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.show or args.rescore:
         print(_results.markdown_table(_results.read_rows(args.results)))
         return
+    code_commit()
     tasks = _narrow.pick(args.tasks)
     recipes = parse_recipes(args.recipes, args.recipe)
     seeds = seeds_of(args.seeds)
