@@ -152,7 +152,9 @@ def run_cell(task: _narrow.NarrowTask, recipe: Recipe, seed: int, args: argparse
            "commands": ["tunesmith " + shlex.join(train), "tunesmith " + shlex.join(evaluate)],
            "machine": machine(load)}
     if not args.keep_checkpoints:
-        shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        from tunesmith.runfolder import RunFolder
+
+        shutil.rmtree(RunFolder(run).checkpoints, ignore_errors=True)
     return row
 
 
@@ -171,15 +173,15 @@ def probe_replies(run: Path, threads: int) -> tuple[dict[str, list[str]], dict[s
 
 
 def run_facts(run: Path) -> dict[str, Any]:
-    """What training did, from the run folder's manifest and metrics (through their owner modules)."""
-    from tunesmith.model.adapters import read_manifest
-    from tunesmith.train.metrics import read_metrics
+    """What training did, from the run folder's manifest and metrics (read through its owner module)."""
+    from tunesmith.runfolder import RunFolder
 
-    result = read_manifest(run)["result"]
+    folder = RunFolder.open(run)
+    result = folder.manifest()["result"]
     exported = result["exported_step"]
     return {"run": {"dir": _shown(run), "steps": result["steps"], "exported_step": exported,
                     "best_eval_loss": result["best_eval_loss"]},
-            "guard": _results.guard_summary(read_metrics(run / "metrics.jsonl"), exported)}
+            "guard": _results.guard_summary(folder.metrics(), exported)}
 
 
 @functools.cache

@@ -65,7 +65,7 @@ def summarize(
     """Capitals answered freely (rates, delta and its paired interval) and the collapse rates."""
     import numpy as np
 
-    from tunesmith.evaluate.guard import paired_bootstrap
+    from tunesmith.evaluate.verdict import paired_bootstrap
 
     answers = [i["answer"] for i in items["capitals"]]
     hit_b = np.array([answer_found(r, a) for r, a in zip(base["capitals"], answers, strict=True)], float)

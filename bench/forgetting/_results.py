@@ -24,7 +24,7 @@ def target_scores(task: Any, per_example: Sequence[dict[str, Any]], seed: int = 
     """The task's own metric on the eval report's greedy replies, base and tuned, with a paired interval."""
     import numpy as np
 
-    from tunesmith.evaluate.guard import paired_bootstrap
+    from tunesmith.evaluate.verdict import paired_bootstrap
 
     base = np.array([task.score(r["base"], r["reference"]) for r in per_example], float)
     tuned = np.array([task.score(r["tuned"], r["reference"]) for r in per_example], float)
