@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -46,6 +47,9 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes (imported by peft) looks for optional CPU kernels on the hub and warns when there are none;
+    # its own kernels work, so there is nothing for the user to act on.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     if sys.argv[1:2] == ["train"]:
         from tunesmith.train.allocator import reexec_under_mimalloc
 

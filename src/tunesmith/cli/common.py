@@ -31,12 +31,8 @@ def fail(e: TunesmithError) -> NoReturn:
 
 def quiet_libraries() -> None:
     """Silence transformers' own progress bars and advisory warnings (call after heavy imports are allowed)."""
-    import logging
     import warnings
 
-    # bitsandbytes (imported by peft) looks for optional CPU kernels on the hub and warns when it finds none;
-    # its own kernels work, so the user has nothing to act on.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import transformers
 
     # Deprecation chatter between transformers and peft is for their developers, not our users.
