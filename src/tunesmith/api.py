@@ -6,6 +6,7 @@ parses arguments, calls these, and prints what they return.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +14,57 @@ from tunesmith.config import TrainConfig, load_config, resume_config
 from tunesmith.errors import ModelError
 
 if TYPE_CHECKING:
+    from tunesmith.data.formats import Dataset
+    from tunesmith.data.prepare import PrepareConfig, Prepared
+    from tunesmith.data.quality import Report
     from tunesmith.model.merge import MergeResult
     from tunesmith.plan import Plan
     from tunesmith.train.loop import Hooks
     from tunesmith.train.run import RunResult
+
+
+# The settings objects of each stage, importable from here without loading their stage up front.
+_SETTINGS = {"PrepareConfig": "tunesmith.data.prepare", "EvalOptions": "tunesmith.evaluate.runner",
+             "ServeConfig": "tunesmith.serve.app", "Limits": "tunesmith.serve.engine",
+             "SamplingParams": "tunesmith.serve.generate", "Conversation": "tunesmith.serve.chat"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SETTINGS:
+        import importlib
+
+        return getattr(importlib.import_module(_SETTINGS[name]), name)
+    raise AttributeError(f"module 'tunesmith.api' has no attribute '{name}'")
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+
+def load_data(path: str | Path, fmt: str = "auto", columns: str | None = None) -> Dataset:
+    """Read and validate a dataset (every problem at once, with file:line); the file is only read."""
+    from tunesmith.data.formats import load_dataset
+
+    return load_dataset(path, fmt, columns)  # type: ignore[arg-type]  # an unknown format is a ConfigError
+
+
+def check_data(data: Dataset, *, model: str = "smollm2-135m", max_length: int = 1024,
+               eval_data: Dataset | None = None) -> Report:
+    """`tunesmith data check`: the quality report (duplicates, conflicts, lengths, leakage into `eval_data`)."""
+    from tunesmith.data.quality import build_report
+    from tunesmith.model.loading import load_tokenizer
+
+    return build_report(data, load_tokenizer(model), max_length, eval_data)
+
+
+def prepare_data(data: Dataset, out: str | Path, config: PrepareConfig, *, model: str = "smollm2-135m") -> Prepared:
+    """`tunesmith data prepare`: deduplicate, split by prompt group, write train/eval JSONL and report.json."""
+    from tunesmith.data.prepare import prepare
+    from tunesmith.model.loading import load_tokenizer
+
+    return prepare(data, out, config, load_tokenizer(model))
+
+
+# -- training -----------------------------------------------------------------------------------------------
 
 
 def load_train_config(path: str | Path | None = None, *, resume: str | Path | None = None,
@@ -115,3 +163,66 @@ def _count_examples(config: TrainConfig) -> int:
     from tunesmith.data.formats import load_examples
 
     return len(load_examples(config.data, config.format, config.columns))
+
+
+# -- use it ------------------------------------------------------------------------------------------------
+
+
+def load_for_chat(target: str, adapter: str | Path | None = None, *, device: str = "auto",
+                  quantize: str = "auto") -> tuple[Any, Any]:
+    """The model `generate` and `chat` talk to (base, run folder or adapter) in eval mode, and its tokenizer."""
+    import warnings
+
+    from tunesmith.model.adapters import load_for_inference, resolve_target
+    from tunesmith.model.loading import pick_device
+    from tunesmith.serve.generate import inference_dtype
+
+    dev = pick_device(device)
+    with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return load_for_inference(resolve_target(target, adapter, quantize=quantize), device=dev,
+                                  dtype=inference_dtype(dev))
+
+
+def prompt_ids(tokenizer: Any, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
+    """Token ids for one user message through the chat template (as training rendered it), or `raw` text."""
+    from tunesmith.data.tokenize import encode_prompt
+
+    if raw:
+        return list(tokenizer(text)["input_ids"])
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return encode_prompt(tokenizer, messages)
+
+
+def stream_reply(model: Any, tokenizer: Any, ids: list[int], params: Any) -> Iterator[Any]:
+    """The reply, a step (text piece, token count, finish reason) at a time."""
+    from tunesmith.serve.generate import stream
+
+    return stream(model, tokenizer, ids, params)
+
+
+def build_engine(model: str, adapters: list[tuple[str, str]], *, device: str = "auto", limits: Any = None,
+                 engine: str = "auto", int8: bool = False) -> Any:
+    """The serving engine: one base model (or a LoRA run's base, its adapter served under the run's name) and
+    any number of named adapters on top."""
+    from tunesmith.model.adapters import resolve_target
+    from tunesmith.serve.engine import Engine
+
+    target = resolve_target(model)
+    base_id = target.model.name if target.adapter is not None else target.label
+    served = Engine(target.model, base_id=base_id, device=device, limits=limits, engine=engine, int8=int8)
+    if target.adapter is not None:  # --model RUN_DIR of a LoRA run: serve its adapter under the run's name
+        served.add_adapter(target.label, Path(model))
+    for name, path in adapters:
+        served.add_adapter(name, path)
+    return served
+
+
+def serve(engine: Any, config: Any) -> None:
+    """Serve `engine` over the OpenAI-compatible HTTP API until interrupted."""
+    import uvicorn
+
+    from tunesmith.serve.app import create_app
+
+    uvicorn.run(create_app(engine, config), host=config.host, port=config.port, log_level="info",
+                timeout_graceful_shutdown=5)

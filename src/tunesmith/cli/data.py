@@ -36,14 +36,12 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Validate a dataset and report on its quality. Exit 2: invalid data; 1: the verdict is 'problems'."""
-    from tunesmith.data.quality import build_report
-    from tunesmith.model.loading import load_tokenizer
+    from tunesmith.api import check_data
 
     data = _load(file, fmt, columns, as_json)
     eval_data = _load(eval_file, fmt, columns, as_json) if eval_file is not None else None
     quiet_libraries()
-    tokenizer = load_tokenizer(model)
-    report = build_report(data, tokenizer, max_length, eval_data)
+    report = check_data(data, model=model, max_length=max_length, eval_data=eval_data)
     if as_json:
         typer.echo(json.dumps({"valid": True, "model": model, **report.to_dict()}, indent=2, ensure_ascii=False))
     else:
@@ -66,15 +64,12 @@ def prepare(
     force: bool = typer.Option(False, "--force", help="Overwrite the outputs in a non-empty --out folder."),
 ) -> None:
     """Write a deduplicated, seeded train/eval split (chat JSONL; text JSONL for documents) and report.json."""
-    from tunesmith.data.prepare import PrepareConfig
-    from tunesmith.data.prepare import prepare as run_prepare
-    from tunesmith.model.loading import load_tokenizer
+    from tunesmith.api import PrepareConfig, prepare_data
 
     data = _load(file, fmt, columns, as_json=False)
     quiet_libraries()
-    tokenizer = load_tokenizer(model)
     config = PrepareConfig(eval_fraction=eval_fraction, seed=seed, dedup=dedup, max_length=max_length, force=force)
-    result = run_prepare(data, out, config, tokenizer)
+    result = prepare_data(data, out, config, model=model)
     exact = sum(1 for r in result.removed if r.reason == "exact duplicate")
     console.print(f"[bold]{data.path}[/]: {len(data.examples)} examples ({data.format})", highlight=False)
     console.print(f"  removed   {exact} exact and {len(result.removed) - exact} near duplicates"
@@ -90,10 +85,10 @@ def prepare(
 
 def _load(file: str, fmt: str, columns: str | None, as_json: bool) -> Dataset:
     """Load and validate; with --json, invalid data is reported as JSON on stdout (exit 2 either way)."""
-    from tunesmith.data.formats import load_dataset
+    from tunesmith.api import load_data
 
     try:
-        return load_dataset(file, fmt, columns)  # type: ignore[arg-type]  # an unknown format is a ConfigError
+        return load_data(file, fmt, columns)
     except DataError as e:
         if not as_json:
             raise

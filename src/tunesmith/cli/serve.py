@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,15 +46,11 @@ def generate(
     quantize: str = typer.Option("auto", "--quantize", help=QUANTIZE_HELP),
 ) -> None:
     """Generate one reply and stream it to stdout (stats go to stderr)."""
-    from tunesmith.data.tokenize import encode_prompt
+    from tunesmith.api import prompt_ids
 
     text = sys.stdin.read() if prompt == "-" else prompt
     model, tokenizer = _load(target, adapter, device, quantize)
-    if raw:
-        ids = list(tokenizer(text)["input_ids"])
-    else:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-        ids = encode_prompt(tokenizer, messages)
+    ids = prompt_ids(tokenizer, text, system=system, raw=raw)
     _check_window(model, len(ids), max_tokens)
     _stream_reply(model, tokenizer, ids, _params(max_tokens, temperature, top_p, seed, stop))
 
@@ -75,7 +70,7 @@ def chat(
 
     Reads stdin line by line, so a conversation can be piped in.
     """
-    from tunesmith.serve.chat import Conversation
+    from tunesmith.api import Conversation
 
     model, tokenizer = _load(target, adapter, device, quantize)
     window = _context(model) - max_tokens
@@ -137,9 +132,9 @@ def serve(
 ) -> None:
     """Serve the model and its adapters over an OpenAI-compatible HTTP API."""
     import torch
-    import uvicorn
 
-    from tunesmith.serve.app import ServeConfig, create_app, is_loopback
+    from tunesmith.api import ServeConfig
+    from tunesmith.api import serve as run_server
 
     if threads:
         torch.set_num_threads(threads)
@@ -150,31 +145,21 @@ def serve(
     limits_args = {"max_tokens": max_tokens_limit, "max_prompt_tokens": max_prompt_tokens,
                    "max_batch": max_batch, "max_queue": max_queue}
     served_engine = _engine(model, [_adapter_arg(a) for a in adapter], device, limits_args, (engine, int8))
-    if not is_loopback(host) and not config.api_key:
+    if not config.loopback and not config.api_key:
         console_err.print(f"[bold yellow]warning:[/] listening on {escape(host)} without --api-key: anyone who "
                           "can reach this port can use the model", soft_wrap=True)
     served = ", ".join(served_engine.model_ids())
     console_err.print(f"serving {served} on http://{host}:{port}/v1 (engine: {served_engine.engine_name})",
                       highlight=False, markup=False, soft_wrap=True)
-    uvicorn.run(create_app(served_engine, config), host=host, port=port, log_level="info",
-                timeout_graceful_shutdown=5)
+    run_server(served_engine, config)
 
 
 def _engine(model: str, adapters: list[tuple[str, str]], device: str, limits_args: dict[str, int],
             speed: tuple[str, bool] = ("auto", False)) -> Engine:
-    from tunesmith.model.adapters import resolve_target
-    from tunesmith.serve.engine import Engine, Limits
+    from tunesmith.api import Limits, build_engine
 
     quiet_libraries()
-    target = resolve_target(model)
-    base_id = target.model.name if target.adapter is not None else target.label
-    engine = Engine(target.model, base_id=base_id, device=device, limits=Limits(**limits_args),
-                    engine=speed[0], int8=speed[1])  # type: ignore[arg-type]
-    if target.adapter is not None:  # --model RUN_DIR of a LoRA run: serve its adapter under the run's name
-        engine.add_adapter(target.label, Path(model))
-    for name, path in adapters:
-        engine.add_adapter(name, path)
-    return engine
+    return build_engine(model, adapters, device=device, limits=Limits(**limits_args), engine=speed[0], int8=speed[1])
 
 
 def _adapter_arg(value: str) -> tuple[str, str]:
@@ -186,20 +171,14 @@ def _adapter_arg(value: str) -> tuple[str, str]:
 
 def _load(target: str, adapter: Path | None, device: str, quantize: str) -> tuple[PreTrainedModel,
                                                                                  PreTrainedTokenizerBase]:
-    from tunesmith.model.adapters import load_for_inference, resolve_target
-    from tunesmith.model.loading import pick_device
-    from tunesmith.serve.generate import inference_dtype
+    from tunesmith.api import load_for_chat
 
     quiet_libraries()
-    dev = pick_device(device)
-    with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; not the user's concern
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
-        return load_for_inference(resolve_target(target, adapter, quantize=quantize), device=dev,
-                                  dtype=inference_dtype(dev))
+    return load_for_chat(target, adapter, device=device, quantize=quantize)
 
 
 def _params(max_tokens: int, temperature: float, top_p: float, seed: int | None, stop: list[str]) -> SamplingParams:
-    from tunesmith.serve.generate import SamplingParams
+    from tunesmith.api import SamplingParams
 
     if top_p <= 0:
         raise ConfigError("--top-p must be above 0 (1 keeps every token)")
@@ -226,10 +205,10 @@ def _read_line(prompt: str) -> str | None:
 def _stream_reply(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[int],
                   params: SamplingParams, *, stats: bool = True) -> str:
     """Print the reply as it is generated; return its text."""
-    from tunesmith.serve.generate import stream
+    from tunesmith.api import stream_reply
 
     start, parts, last = time.perf_counter(), [], None
-    for step in stream(model, tokenizer, ids, params):
+    for step in stream_reply(model, tokenizer, ids, params):
         sys.stdout.write(step.text)
         sys.stdout.flush()
         parts.append(step.text)
