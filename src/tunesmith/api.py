@@ -144,6 +144,53 @@ def guard_summary(result: RunResult) -> str:
     return f"guard at step {result.exported_step}: {verdict.upper()}, {words} ({', '.join(moves)})"
 
 
+def evaluate(opts: Any, progress: Any = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """`tunesmith eval`: score the tuned model and its base on the suite and the target task, write the report
+    (report.json, report.md, report.html) and return it with the paths written."""
+    from tunesmith.evaluate.report import write
+    from tunesmith.evaluate.runner import evaluate as run_evaluation
+    from tunesmith.evaluate.runner import out_dir, run_dir_of
+
+    report = run_evaluation(opts, progress or (lambda _: None))
+    return report, write(report, out_dir(opts, report["tuned"]["label"]), run_dir_of(opts))
+
+
+def advise_from_data(data: Dataset) -> Any:
+    """The decision table answered from what the data shows (fine-tune, RAG, both, or prompting)."""
+    from tunesmith.advise import Answers, decide, evidence_from
+
+    evidence = evidence_from(data.examples) if data.examples and data.format != "text" else None
+    return decide(Answers(), evidence)
+
+
+QUICK_STEPS = 24  # `run --quick`: enough steps to see the task being learned, a few minutes on a CPU
+QUICK_EVAL_EXAMPLES = 16
+
+
+def quick(config: TrainConfig) -> TrainConfig:
+    """`run --quick`: a short run that still goes through every stage (at most QUICK_STEPS optimizer steps)."""
+    import dataclasses
+
+    steps = min(config.max_steps or QUICK_STEPS, QUICK_STEPS)
+    return dataclasses.replace(config, max_steps=steps, eval_every=steps // 2)
+
+
+def fitted(config: TrainConfig, planned: Plan) -> TrainConfig | None:
+    """`config`, or the planner's recommended configuration when `config` does not fit (None: nothing fits)."""
+    import dataclasses
+
+    r = planned.recommendation
+    if r.fits is False:
+        return None
+    if r.fits is None or not planned.options:
+        return config
+    best = planned.options[0]
+    keys = ("method", "quantize", "gradient_checkpointing", "batch_size", "grad_accum", "max_length")
+    if planned.required_memory_bytes <= (planned.available_memory_bytes or 0) * 0.9:
+        return config
+    return dataclasses.replace(config, **{k: best[k] for k in keys})
+
+
 def merge_adapter(target: str | Path, out: str | Path, *, adapter: str | Path | None = None,
                   force: bool = False) -> MergeResult:
     """Fold a LoRA adapter into its base model and save a plain model folder."""

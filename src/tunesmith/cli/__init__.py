@@ -9,7 +9,7 @@ import sys
 import typer
 
 from tunesmith import __version__
-from tunesmith.cli import data, evaluate, export, plan, serve, train
+from tunesmith.cli import data, evaluate, export, plan, run, serve, train
 from tunesmith.cli.common import console_err, fail
 from tunesmith.errors import TunesmithError
 
@@ -37,7 +37,7 @@ def _root(
 
 
 app.add_typer(data.app, name="data")
-for module in (plan, train, evaluate, serve, export):
+for module in (run, plan, train, evaluate, serve, export):
     module.register(app)
 
 
@@ -50,7 +50,7 @@ def main() -> None:
     # bitsandbytes (imported by peft) looks for optional CPU kernels on the hub and warns when there are none;
     # its own kernels work, so there is nothing for the user to act on.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    if sys.argv[1:2] == ["train"]:
+    if sys.argv[1:2] in (["train"], ["run"]):
         from tunesmith.train.allocator import reexec_under_mimalloc
 
         reexec_under_mimalloc(sys.argv[1:])
