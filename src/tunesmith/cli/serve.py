@@ -36,7 +36,8 @@ def generate(
     prompt: str = typer.Argument(..., help="The user message ('-' reads it from stdin)."),
     adapter: Path | None = typer.Option(None, "--adapter", help=ADAPTER_HELP),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Most tokens to generate."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic), the default everywhere, "
+                                     "server requests included."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
     seed: int | None = typer.Option(None, "--seed", help="Makes sampling reproducible."),
     stop: list[str] = typer.Option([], "--stop", help="Stop before this text (repeatable)."),
@@ -59,7 +60,8 @@ def chat(
     target: str = typer.Argument(..., metavar="MODEL|RUN_DIR", help=TARGET_HELP),
     adapter: Path | None = typer.Option(None, "--adapter", help=ADAPTER_HELP),
     max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Most tokens per reply."),
-    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic)."),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy (deterministic), the default everywhere, "
+                                     "server requests included."),
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="Nucleus sampling mass."),
     seed: int | None = typer.Option(None, "--seed", help="Makes sampling reproducible."),
     system: str | None = typer.Option(None, "--system", help="A system message kept for the whole chat."),
