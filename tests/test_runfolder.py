@@ -185,3 +185,11 @@ def test_the_eta_leaves_out_the_base_scoring_and_counts_evaluations_to_come():
     eta.evaluated()
     assert eta.step({"step": 2, "elapsed": 4.0}) == "0:00:32"  # 8 x 2 s + 8 steps x 4 s of eval per 2 steps
     assert time.perf_counter() >= eta.last
+
+
+def test_a_failed_train_prints_its_one_line_and_nothing_else(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, out, err = run_cli(monkeypatch, capsys, "train", str(tmp_path / "missing.jsonl"), "--model",
+                             str(tiny_model_dir), "--out", str(tmp_path / "run"))
+    assert code == 2 and out == ""
+    assert err == f"error: {tmp_path / 'missing.jsonl'}: file not found\n"
+    assert not (tmp_path / "run").exists()
