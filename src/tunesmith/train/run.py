@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -23,7 +22,7 @@ from tunesmith.errors import RunError
 from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_tokenizer, pick_device, resolve
 from tunesmith.runfolder import MetricsSink, RunFolder
 from tunesmith.train import checkpoint
-from tunesmith.train.allocator import current_allocator
+from tunesmith.train.allocator import current_allocator, peak_rss_bytes
 from tunesmith.train.distributed import (
     Dist,
     device_for,
@@ -271,7 +270,7 @@ def _finish(s: _Session, config: TrainConfig, model: torch.nn.Module, tokenizer:
         exported = state.best_step
     # FSDP: the shards gathered onto rank 0's CPU, every rank taking part; else the model's own state dict.
     weights = full_state_dict(model, trainable_only=config.method == "lora") if s.dist.sharded else None
-    peak_rss = gather(s.dist, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    peak_rss = gather(s.dist, peak_rss_bytes())
     if not s.dist.main:
         return RunResult(s.run.path, None, 0, state, replace(config), exported)
 
