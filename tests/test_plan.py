@@ -13,6 +13,7 @@ from tunesmith.plan import (
     CPU_PROCESS_BYTES,
     CUDA_CONTEXT_BYTES,
     GIB,
+    MIMALLOC_PROCESS_BYTES,
     Arch,
     DataStats,
     Setup,
@@ -340,3 +341,16 @@ def test_training_allocator_follows_the_opt_out(monkeypatch) -> None:
 
     monkeypatch.setenv("TUNESMITH_MALLOC", "system")
     assert training_allocator() == "system"  # pytest itself does not run under mimalloc
+
+
+def test_framework_term_follows_the_allocator_and_a_measured_process_size() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    s = Setup("lora", batch_size=1, seq_len=128, targets_per_row=64, precision="fp32", device="cpu")
+    assert memory(arch, s)["framework"] == CPU_PROCESS_BYTES
+    mim = dataclasses.replace(s, allocator="mimalloc")
+    assert memory(arch, mim)["framework"] == MIMALLOC_PROCESS_BYTES > CPU_PROCESS_BYTES
+    measured = dataclasses.replace(s, process_bytes=700 * 2**20)
+    assert memory(arch, measured)["framework"] == 700 * 2**20
+    gap = peak_bytes(arch, measured, memory(arch, measured)) - peak_bytes(arch, s, memory(arch, s))
+    assert gap == 700 * 2**20 - CPU_PROCESS_BYTES  # the measured size replaces the constant, nothing else moves
+    assert memory(arch, dataclasses.replace(measured, device="cuda"))["framework"] == 0  # not in CUDA's measure

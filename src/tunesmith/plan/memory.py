@@ -48,7 +48,8 @@ Quant = Literal["none", "nf4", "int8"]
 Allocator = Literal["mimalloc", "system"]
 
 GIB = 1024**3
-CPU_PROCESS_BYTES = 480 * 1024**2  # RSS of python + torch + transformers + peft + tokenizer, measured
+CPU_PROCESS_BYTES = 480 * 1024**2  # RSS of python + torch + transformers + peft + tokenizer, measured (glibc)
+MIMALLOC_PROCESS_BYTES = 540 * 1024**2  # the same under mimalloc (its arenas), measured
 BNB_PROCESS_BYTES = 60 * 1024**2  # bitsandbytes' CPU library and its imports, measured
 CUDA_CONTEXT_BYTES = 600 * 1024**2  # CUDA context and kernels: outside max_memory_allocated
 HEAP_LIMIT = 32 * 1024**2  # glibc's largest mmap threshold: smaller tensors live in fragmenting heaps
@@ -128,6 +129,7 @@ class Setup:
     checkpointing: bool = False
     world: int = 1  # ranks (each runs its own micro-batch)
     sharded: bool = False  # FSDP: weights, gradients and optimizer state split over the ranks
+    process_bytes: int | None = None  # CPU: what the training process already holds, when it is measured
 
 
 def _weight_bytes(arch: Arch, s: Setup) -> tuple[float, float, float]:
@@ -150,7 +152,10 @@ def memory(arch: Arch, s: Setup) -> dict[str, int]:
                         mask_size=4 if s.device == "cpu" else 1)
     weights, layer_weights, root_weights = _weight_bytes(arch, s)
     share = 1 / s.world if s.sharded else 1.0
-    framework = CPU_PROCESS_BYTES + (BNB_PROCESS_BYTES if s.quant != "none" else 0) if s.device == "cpu" else 0
+    framework = 0
+    if s.device == "cpu":
+        process = s.process_bytes or (MIMALLOC_PROCESS_BYTES if s.allocator == "mimalloc" else CPU_PROCESS_BYTES)
+        framework = process + (BNB_PROCESS_BYTES if s.quant != "none" else 0)
     parts = dict.fromkeys(PARTS, 0)
     parts.update(framework=framework, weights=round(weights * share),
                  lora_weights=round(trainable * 4 * share) if s.method == "lora" else 0,

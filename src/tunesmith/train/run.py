@@ -211,11 +211,13 @@ def _manifest(config: TrainConfig, ref: ModelRef, data: RunData, tokenizer: Any)
 
 def _plan(config: TrainConfig, data: RunData, device: str, world: int) -> dict[str, Any]:
     """The planner's estimate for this very run, kept next to what is measured (see `_finish`)."""
+    import psutil
+
     from tunesmith.plan import DataStats, estimate
 
     try:
         plan = estimate(config, device=device, world=world, data=DataStats.from_encoded(data.train),
-                        allocator=current_allocator())
+                        allocator=current_allocator(), process_bytes=psutil.Process().memory_info().rss)
     except Exception as e:  # an estimate must never stop a run (e.g. an architecture the planner can't read)
         log.warning("no resource estimate for this run: %s", e)
         return {"error": str(e)}
