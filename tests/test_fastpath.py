@@ -14,8 +14,7 @@ from tunesmith.train import kernels
 from tunesmith.train.fastpath import check_fast_paths
 from tunesmith.train.loss import CompletionLoss
 
-ALL_ON = {"mask_free": True, "fused_mlp": True, "fused_rms_norm": True, "fused_lora": False,
-          "head_on_targets": True}  # fused_lora: only where PEFT LoRA layers exist
+ALL_ON = {"mask_free": True, "fused_mlp": True, "fused_rms_norm": True, "head_on_targets": True}
 
 
 def _examples(tokenizer):

@@ -6,7 +6,6 @@ is not plain SwiGLU, a norm that is not RMSNorm):
 - `mask_free`: right-padded rows without an attention mask, so SDPA takes its fused causal kernel;
 - `fused_mlp`: silu(gate) * up with SiLU recomputed in backward (tunesmith.train.kernels);
 - `fused_rms_norm`: RMSNorm keeping only its input and one rsqrt per token (tunesmith.train.kernels);
-- `fused_lora`: adapted projections that share an input computed as one group (tunesmith.train.fused_lora);
 - `head_on_targets`: the LM head only on supervised rows, fused with the cross-entropy.
 Each is compared with the plain path on a small probe batch (two rows of different lengths): logits on
 real tokens, and for the swapped-in layers also the gradients of the
@@ -24,7 +23,6 @@ import torch
 from tunesmith.data.tokenize import Encoded
 from tunesmith.train import kernels
 from tunesmith.train.batching import collate
-from tunesmith.train.fused_lora import fuse_lora_groups, release
 from tunesmith.train.loss import CompletionLoss
 
 log = logging.getLogger(__name__)
@@ -43,13 +41,8 @@ def _fuse_norms(model: torch.nn.Module) -> Undo | None:
     return (lambda: kernels.unfuse(modules)) if modules else None
 
 
-def _fuse_lora(model: torch.nn.Module) -> Undo | None:
-    groups = fuse_lora_groups(model)
-    return (lambda: release(groups)) if groups else None
-
-
 SWAPS: dict[str, Callable[[torch.nn.Module], Undo | None]] = {
-    "fused_mlp": _fuse_mlp, "fused_rms_norm": _fuse_norms, "fused_lora": _fuse_lora,
+    "fused_mlp": _fuse_mlp, "fused_rms_norm": _fuse_norms,
 }
 
 
@@ -126,21 +119,17 @@ class _Probe:
         return ok, diff
 
 
-def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_id: int, device: str, *,
-                     fuse_lora: bool = True) -> dict[str, bool]:
-    """Switch on each shortcut that reproduces the plain path on a probe batch; return what is on.
-
-    `fuse_lora` False (under FSDP, which shards the weights a group would stack) leaves LoRA layers apart."""
+def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_id: int, device: str) -> dict[str, bool]:
+    """Switch on each shortcut that reproduces the plain path on a probe batch; return what is on."""
     model = loss_fn.model
     was_training = model.training
     model.eval()  # dropout off: both paths must see the same function
-    wanted = [n for n in SWAPS if n != "fused_lora" or fuse_lora]
     try:
         probe = _Probe(model, *_probe(examples, pad_id, device))
         ok, diff = probe.mask_free()
         loss_fn.mask_free = _report("mask_free", ok, diff)
         probe.plain_grads()
-        swaps = _swap_checked(model, probe, wanted)
+        swaps = _swap_checked(model, probe, list(SWAPS))
         with torch.no_grad():
             loss_fn.head_on_targets_only = _report("head_on_targets",
                                                    loss_fn.head_matches(probe.ids, probe.mask, probe.tol), 0.0)
@@ -154,7 +143,7 @@ def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_i
 def _swap_checked(model: torch.nn.Module, probe: _Probe, wanted: list[str]) -> dict[str, Undo]:
     """Apply the swaps in `wanted` that agree with the plain path; return them with their undo."""
     applied = {n: u for n in wanted if (u := SWAPS[n](model)) is not None}
-    ok, diff = _agrees_with_groups(model, probe)
+    ok, diff = probe.agrees()
     if ok or not applied:
         for n in applied:
             _report(n, True, diff)
@@ -165,27 +154,17 @@ def _swap_checked(model: torch.nn.Module, probe: _Probe, wanted: list[str]) -> d
     for name in applied:  # one at a time: which of them differs?
         undo = SWAPS[name](model)
         assert undo is not None
-        ok, diff = _agrees_with_groups(model, probe)
+        ok, diff = probe.agrees()
         if _report(name, ok, diff):
             kept[name] = undo
         undo()
     swaps = {n: u for n in kept if (u := SWAPS[n](model)) is not None}
-    if swaps and not _agrees_with_groups(model, probe)[0]:  # each agrees alone but not together: none at all
+    if swaps and not probe.agrees()[0]:  # each agrees alone but not together: none at all
         for name, undo in swaps.items():
             undo()
             _report(name, False, diff)
         return {}
     return swaps
-
-
-def _agrees_with_groups(model: torch.nn.Module, probe: _Probe) -> tuple[bool, float]:
-    """`probe.agrees()`, and fused LoRA groups must have been handed their input (not recomputed per member)."""
-    groups = {id(g): g for m in model.modules() if (g := getattr(m, "_tunesmith_group", None)) is not None}
-    for g in groups.values():
-        g.computed = g.handed = 0
-    ok, diff = probe.agrees()
-    shared = all(g.handed == g.computed * (len(g.members) - 1) for g in groups.values())
-    return ok and shared, diff
 
 
 def _report(name: str, ok: bool, diff: float) -> bool:

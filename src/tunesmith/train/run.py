@@ -138,8 +138,7 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
 
     model = build_model(config, ref, s.device, load_device(s.dist, s.device))
     loss_fn = CompletionLoss(model)
-    fast_paths = check_fast_paths(loss_fn, data.train, tokenizer.pad_token_id, load_device(s.dist, s.device),
-                                  fuse_lora=not s.dist.sharded)  # FSDP shards the weights a group would stack
+    fast_paths = check_fast_paths(loss_fn, data.train, tokenizer.pad_token_id, load_device(s.dist, s.device))
     loss_fn.check_packing(data.train)  # packed examples must not see each other
     if s.dist.main:
         s.run.update_manifest(fast_paths=fast_paths)
