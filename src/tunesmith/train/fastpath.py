@@ -8,9 +8,9 @@ is not plain SwiGLU, a norm that is not RMSNorm):
 - `fused_rms_norm`: RMSNorm keeping only its input and one rsqrt per token (tunesmith.train.kernels);
 - `head_on_targets`: the LM head only on supervised rows, fused with the cross-entropy.
 Each is compared with the plain path on a small probe batch (two rows of different lengths): logits on
-real tokens, and for the swapped-in layers also the gradients of the
-first decoder layer's trainable weights. All swaps are checked together; if they disagree, one at a time,
-and only those that agree stay. The result goes to the log and the run manifest.
+real tokens, and for the swapped-in layers also the gradients of the first decoder layer's trainable
+weights. The swaps are checked together; if they disagree, one at a time, and only those that agree stay.
+The result goes to the log and the run manifest.
 """
 
 from __future__ import annotations
@@ -41,9 +41,7 @@ def _fuse_norms(model: torch.nn.Module) -> Undo | None:
     return (lambda: kernels.unfuse(modules)) if modules else None
 
 
-SWAPS: dict[str, Callable[[torch.nn.Module], Undo | None]] = {
-    "fused_mlp": _fuse_mlp, "fused_rms_norm": _fuse_norms,
-}
+SWAPS: dict[str, Callable[[torch.nn.Module], Undo | None]] = {"fused_mlp": _fuse_mlp, "fused_rms_norm": _fuse_norms}
 
 
 def _probe(examples: Sequence[Encoded], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,7 +127,7 @@ def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_i
         ok, diff = probe.mask_free()
         loss_fn.mask_free = _report("mask_free", ok, diff)
         probe.plain_grads()
-        swaps = _swap_checked(model, probe, list(SWAPS))
+        swaps = _swap_checked(model, probe)
         with torch.no_grad():
             loss_fn.head_on_targets_only = _report("head_on_targets",
                                                    loss_fn.head_matches(probe.ids, probe.mask, probe.tol), 0.0)
@@ -140,9 +138,9 @@ def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_i
             "head_on_targets": loss_fn.head_on_targets_only}
 
 
-def _swap_checked(model: torch.nn.Module, probe: _Probe, wanted: list[str]) -> dict[str, Undo]:
-    """Apply the swaps in `wanted` that agree with the plain path; return them with their undo."""
-    applied = {n: u for n in wanted if (u := SWAPS[n](model)) is not None}
+def _swap_checked(model: torch.nn.Module, probe: _Probe) -> dict[str, Undo]:
+    """Apply the swaps that agree with the plain path; return them with their undo."""
+    applied = {n: u for n in SWAPS if (u := SWAPS[n](model)) is not None}
     ok, diff = probe.agrees()
     if ok or not applied:
         for n in applied:
