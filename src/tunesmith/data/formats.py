@@ -6,6 +6,8 @@ Record formats, auto-detected by keys or named by the user:
 - `alpaca`: {"instruction", "input" (optional), "output"} -> user = instruction (+ blank line + input)
 - `chat`: {"messages": [{"role", "content"}, ...]} in the OpenAI shape (optional system first, then
   user/assistant alternating, ending with assistant). In CSV the `messages` cell holds that JSON list.
+  With tool calling (OpenAI's fine-tuning shape: `tools`, `tool_calls`, role `tool`, `weight`, `name`; a
+  first record holding only `tools` declares them for the whole file) see `tunesmith.data.tools`.
 
 Locations: `file.jsonl:12` is a JSONL line, `file.json:[3]` a JSON array index (0-based), `file.csv:5` a CSV
 line (the header is line 1). The input file is only ever read.
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from tunesmith.data import tools as tool_data
 from tunesmith.data.validate import FORMAT_KEYS, detect_format, json_type, to_messages
 from tunesmith.errors import ConfigError, DataError
 
@@ -33,8 +36,19 @@ FORMATS: tuple[str, ...] = get_args(Format)
 class Example:
     """One training example in canonical chat form, and where it came from."""
 
-    messages: list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]
+    messages: list[dict[str, Any]]  # [{"role": "system"|"user"|"assistant"|"tool", "content": str, ...}, ...]
     source: str  # "file.jsonl:12" (JSONL line / JSON array index / CSV line)
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions the conversation may call
+    parallel_tool_calls: bool | None = None  # as the record said (False: one call per message at most)
+
+    def record(self) -> dict[str, Any]:
+        """The example as one chat record of a JSONL file (what `data prepare` and run folders write)."""
+        row: dict[str, Any] = {"messages": self.messages}
+        if self.tools:
+            row["tools"] = self.tools
+        if self.parallel_tool_calls is not None:
+            row["parallel_tool_calls"] = self.parallel_tool_calls
+        return row
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ def load_dataset(path: str | Path, fmt: Format = "auto") -> Dataset:
         raise ConfigError(f"unknown dataset format '{fmt}': expected one of {', '.join(FORMATS)}")
     name = str(path)
     records = _read_records(Path(path), name)
+    records, file_tools = _file_tools(records)
     chosen: RecordFormat = _choose_format(records, name) if fmt == "auto" else fmt
     problems: list[str] = []
     examples: list[Example] = []
@@ -89,10 +104,14 @@ def load_dataset(path: str | Path, fmt: Format = "auto") -> Dataset:
                 f"({_keys(chosen)}); one file holds one format"
             )
             continue
-        messages, errs = to_messages(rec.value, chosen)
+        value = rec.value
+        if file_tools is not None and isinstance(value, dict) and "tools" not in value and "functions" not in value:
+            value = {**value, "tools": file_tools}  # the file-level set, for rows that declare none
+        messages, errs = to_messages(value, chosen)
         problems += [f"{rec.where}: {e}" for e in errs]
         if messages is not None and not errs:
-            examples.append(Example(messages=messages, source=rec.where))
+            extra = {"tools": tool_data.record_tools(value), "parallel_tool_calls": value.get("parallel_tool_calls")}
+            examples.append(Example(messages=messages, source=rec.where, **extra))
     if problems:
         raise DataError(problems)
     return Dataset(path=name, format=chosen, examples=examples)
@@ -101,7 +120,23 @@ def load_dataset(path: str | Path, fmt: Format = "auto") -> Dataset:
 def _keys(fmt: str) -> str:
     required, optional = FORMAT_KEYS[fmt]
     order = ["messages", "prompt", "completion", "instruction", "input", "output"]
-    return "/".join(sorted(required + optional, key=order.index))
+    return "/".join(sorted((k for k in required + optional if k in order), key=order.index))
+
+
+def _file_tools(records: list[_Record]) -> tuple[list[_Record], list[dict[str, Any]] | None]:
+    """A first record holding only `tools` declares them for every row; the rest are the examples."""
+    if not records or records[0].error is not None or not tool_data.is_tools_header(records[0].value):
+        return records, None
+    head = records[0].value
+    key = "tools" if "tools" in head else "functions"
+    tools, problems = tool_data.check_tools(head[key], key, legacy=key == "functions")
+    if len(head) > 1:
+        problems.append("tools: the file-level record declares either tools or functions, not both")
+    if problems:
+        raise DataError([f"{records[0].where}: {p}" for p in problems])
+    if len(records) == 1:
+        raise DataError([f"{records[0].where}: file: only the tools are declared; no examples follow"])
+    return records[1:], tools
 
 
 def _choose_format(records: list[_Record], name: str) -> RecordFormat:
@@ -221,10 +256,13 @@ def _csv_record(where: str, header: list[str], row: list[str]) -> _Record:
         cells = f"{len(row)} cell{'s' if len(row) != 1 else ''}"
         return _Record(where, None, f"csv: row has {cells}, the header has {len(header)}")
     value: dict[str, Any] = dict(zip(header, row, strict=True))
-    if "messages" in value:
-        try:
-            value["messages"] = json.loads(value["messages"])
-        except json.JSONDecodeError as e:
-            return _Record(where, None, f"messages: not a JSON list of messages: {e.msg}")
+    for key in ("messages", "tools"):
+        if key == "tools" and not value.get(key, "").strip():
+            value.pop(key, None)  # an empty tools cell: the row declares none
+        elif key in value:
+            try:
+                value[key] = json.loads(value[key])
+            except json.JSONDecodeError as e:
+                return _Record(where, None, f"{key}: not a JSON list of {key}: {e.msg}")
     return _Record(where, value)
 

@@ -152,8 +152,7 @@ def _check_out(folder: Path, source: Path, force: bool) -> None:
 
 
 def _write_jsonl(path: Path, examples: Sequence[Example]) -> Path:
-    return _write_text(path, "".join(json.dumps({"messages": e.messages}, ensure_ascii=False) + "\n"
-                                     for e in examples))
+    return _write_text(path, "".join(json.dumps(e.record(), ensure_ascii=False) + "\n" for e in examples))
 
 
 def _write_text(path: Path, text: str) -> Path:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tunesmith.data.formats import Example
+from tunesmith.data.tools import message_text
 
 NEAR_THRESHOLD = 0.85  # Jaccard similarity of 5-gram sets above which two examples are near duplicates
 SHINGLE = 5
@@ -37,12 +38,12 @@ def exact_key(ex: Example) -> str:
 
 def prompt_key(ex: Example) -> str:
     """What the model is asked: every message before the last reply (system included), normalised."""
-    return "\x1e".join(f"{m['role']}\x1f{normalise(m['content'])}" for m in ex.messages[:-1])
+    return "\x1e".join(f"{m['role']}\x1f{normalise(message_text(m))}" for m in ex.messages[:-1])
 
 
 def compared_text(ex: Example) -> str:
     """The normalised text near-duplicate detection compares (system messages left out)."""
-    return " ".join(normalise(m["content"]) for m in ex.messages if m["role"] != "system")
+    return " ".join(normalise(message_text(m)) for m in ex.messages if m["role"] != "system")
 
 
 def exact_duplicates(examples: Sequence[Example]) -> list[list[int]]:
@@ -54,7 +55,7 @@ def conflicts(examples: Sequence[Example]) -> list[list[int]]:
     """Groups of examples with the same prompt but different final replies (after normalising)."""
     replies: dict[str, dict[str, list[int]]] = defaultdict(dict)
     for i, ex in enumerate(examples):
-        replies[prompt_key(ex)].setdefault(normalise(ex.messages[-1]["content"]), []).append(i)
+        replies[prompt_key(ex)].setdefault(normalise(message_text(ex.messages[-1])), []).append(i)
     return [sorted(i for g in by_reply.values() for i in g) for by_reply in replies.values()
             if len(by_reply) > 1]
 

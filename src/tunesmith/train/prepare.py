@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import TrainConfig
-from tunesmith.data.formats import file_sha256, load_examples
+from tunesmith.data.formats import Example, file_sha256, load_examples
 from tunesmith.data.prepare import split
 from tunesmith.data.tokenize import Encoded, encode
 
@@ -28,17 +28,17 @@ MIN_FOR_SPLIT = 10  # below this many examples, no eval split is held out
 
 @dataclass
 class RunData:
-    train_messages: list[Messages]
-    eval_messages: list[Messages]
+    train_messages: list[Example]  # the rows as loaded (messages, and tools when they call any)
+    eval_messages: list[Example]
     train: list[Encoded]
     eval: list[Encoded]
     info: dict[str, Any] = field(default_factory=dict)  # goes into the manifest
 
 
-def _encode_all(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Messages], max_length: int):
+def _encode_all(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], max_length: int):
     kept, dropped = [], 0
-    for messages in rows:
-        enc = encode(tokenizer, messages, max_length)
+    for row in rows:
+        enc = encode(tokenizer, row.messages, max_length, tools=row.tools)
         if enc.targets == 0:
             dropped += 1  # the reply lies beyond max_length: nothing to learn from
             continue
@@ -52,17 +52,17 @@ def prepare(
     examples = load_examples(config.data, config.format)
     info: dict[str, Any] = {"train": {"path": str(config.data), "sha256": file_sha256(config.data)}}
     if config.eval_data:
-        eval_rows = [e.messages for e in load_examples(config.eval_data, config.format)]
+        eval_rows = load_examples(config.eval_data, config.format)
         info["eval"] = {"path": str(config.eval_data), "sha256": file_sha256(config.eval_data)}
-        train_rows = [e.messages for e in examples]
+        train_rows = examples
     else:
-        held: list = []
+        held: list[Example] = []
         if config.eval_fraction > 0 and len(examples) >= MIN_FOR_SPLIT:
             examples, held = split(examples, config.eval_fraction, config.seed)
-        train_rows, eval_rows = [e.messages for e in examples], [e.messages for e in held]
+        train_rows, eval_rows = examples, held
         info["eval"] = {"held_out_from_train": len(eval_rows), "fraction": config.eval_fraction,
                         "split": "by prompt and near-duplicate group"}
-    train_rows = train_rows + list(replay)
+    train_rows = train_rows + [Example(messages=list(m), source="replay") for m in replay]
     train, dropped_train = _encode_all(tokenizer, train_rows, config.max_length)
     evals, dropped_eval = _encode_all(tokenizer, eval_rows, config.max_length)
     if not train:
