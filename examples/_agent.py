@@ -84,7 +84,8 @@ def _ask_number(question: str, asks: list[str], kind: str) -> str:
     return f"{pick.choice(ACKS)} {pick.choice(asks)} {pick.choice(HINTS['KS' if kind == 'warranty' else 'KB'])}"
 
 GIVE_NUMBER = ["It's {n}.", "{n}", "The number is {n}.", "Sure, {n}.", "Here it is: {n}"]
-SMALL_TALK = [("Hello!", "Hello! How can I help you today?"), ("Thanks, that's all.", "You're welcome! Have a nice day."),
+SMALL_TALK = [("Hello!", "Hello! How can I help you today?"),
+              ("Thanks, that's all.", "You're welcome! Have a nice day."),
               ("Thank you so much!", "Happy to help! Enjoy your tea."), ("Hi there", "Hi! What can I do for you?"),
               ("ok great, thanks", "Glad I could help!"), ("Good morning", "Good morning! How can I help?"),
               ("Are you a bot?", "I'm Kettlebird's support assistant. How can I help?"),
@@ -159,10 +160,12 @@ def return_answer(r: dict[str, Any]) -> str:
     if "error" in r:
         text = r["error"]
         if "not been delivered" in text:
-            return "That order hasn't been delivered yet, so it can't be returned. Refuse the parcel and we'll refund you."
+            return ("That order hasn't been delivered yet, so it can't be returned. Refuse the parcel and we'll "
+                    "refund you.")
         if "window has closed" in text:
             day = _day(re.search(r"\d{4}-\d\d-\d\d", text).group())
-            return f"That order was delivered on {day}, so the 45-day return window has closed. A faulty kettle is still covered by its warranty."
+            return (f"That order was delivered on {day}, so the 45-day return window has closed. A faulty kettle is "
+                    "still covered by its warranty.")
         if "no order" in text:
             return status_answer(r)
         return f"A return is already open for that order: {text.split()[1]}."
@@ -195,7 +198,8 @@ def status_row(rng: random.Random, db: sqlite3.Connection, pool: list[sqlite3.Ro
 
 
 def return_row(rng: random.Random, db: sqlite3.Connection, pool: list[sqlite3.Row]) -> Row:
-    recent = [o for o in pool[-40:] if o["delivered"] and (date(2025, 6, 2) - date.fromisoformat(o["delivered"])).days < 45]
+    recent = [o for o in pool[-40:]
+              if o["delivered"] and (date(2025, 6, 2) - date.fromisoformat(o["delivered"])).days < 45]
     order = (recent[-1] if recent and rng.random() < 0.75 else pool[-1])["order_id"]
     pool.remove(next(o for o in pool if o["order_id"] == order))
     reason = rng.choice(REASONS)
@@ -229,8 +233,8 @@ def two_turn_row(rng: random.Random, db: sqlite3.Connection, pool: list[sqlite3.
         "return": ("start_return", {"order_id": number, "reason": reason}, return_answer),
         "warranty": ("check_warranty", {"serial_number": number}, warranty_answer)}[kind]
     turns, result = _tool_turns(db, 1, name, args)
-    return _chat(_user(first), _say(_ask_number(first, asks, kind)), _user(rng.choice(GIVE_NUMBER).format(n=number)), *turns,
-                 _say(answer(result)))
+    given = _user(rng.choice(GIVE_NUMBER).format(n=number))
+    return _chat(_user(first), _say(_ask_number(first, asks, kind)), given, *turns, _say(answer(result)))
 
 
 def missing_row(rng: random.Random, db: sqlite3.Connection, pool: list[sqlite3.Row]) -> Row:

@@ -4,8 +4,8 @@ Every example is a list of chat messages (and, for tool calling, its tools). The
 the chat template's rendering, so what the model learns matches what inference feeds it
 (`add_generation_prompt=True`). Labels are set only on assistant turns (their tool calls included, never tool
 results; not on turns with `weight` 0), and each turn's end-of-turn token (EOS) is supervised so the model
-learns to stop. Tool conversations are rendered as `tool_template.template_view` says. Masks come from character spans mapped through the fast tokenizer's offsets: no guessing of token
-boundaries.
+learns to stop. Tool conversations are rendered as `tool_template.template_view` says. Masks come from
+character spans mapped through the fast tokenizer's offsets: no guessing of token boundaries.
 """
 
 from __future__ import annotations

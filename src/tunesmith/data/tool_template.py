@@ -44,10 +44,11 @@ class CallSyntax:
     native: bool = False  # the tokenizer's own template (else the fallback)
 
     def forced_prefix(self, name: str | None = None) -> str:
-        """The start of a reply that must be a call (`tool_choice` required, or one named function)."""
+        """The start of a reply that must be a call (`tool_choice` required, or one named function). It ends
+        where byte-level BPE pre-tokens end (after ` "`, after `":`), so it tokenizes as in training."""
         if name is None:
             return self.open + '{"name": "'
-        return self.open + json.dumps({"name": name})[:-1] + f', "{self.args_key}": '
+        return self.open + json.dumps({"name": name})[:-1] + f', "{self.args_key}":'
 
 
 FALLBACK = CallSyntax(CALL_OPEN, CALL_CLOSE)

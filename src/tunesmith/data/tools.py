@@ -158,23 +158,25 @@ def chat_messages(record: dict[str, Any]) -> tuple[list[Message] | None, list[st
     elif "tools" in record or "functions" in record:
         key = "tools" if "tools" in record else "functions"
         tools, problems = check_tools(record[key], key, legacy=key == "functions")
+    bad_tools = bool(problems)  # calls cannot be checked against broken definitions
     parallel = record.get("parallel_tool_calls", True)
     if not isinstance(parallel, bool):
         problems.append(f"parallel_tool_calls: expected true or false, got {_type(parallel)}")
     raw = record.get("messages")
     if not isinstance(raw, list) or not raw:
-        return None, problems + [f"messages: expected a non-empty list of messages, got {_type(raw)}"]
+        return None, [*problems, f"messages: expected a non-empty list of messages, got {_type(raw)}"]
     messages: list[Message] = []
     for i, m in enumerate(raw):
         msg, more = _message(f"messages[{i}]", m)
         problems += more
         if msg is not None:
             messages.append(msg)
-    if problems:
+    if len(messages) < len(raw):
         return None, problems
     _legacy_ids(messages)
     problems += _check_order(messages, parallel is not False)
-    problems += _check_calls(messages, {t["function"]["name"]: t for t in tools or []}, tools is not None)
+    if not bad_tools:
+        problems += _check_calls(messages, {t["function"]["name"]: t for t in tools or []}, tools is not None)
     if not problems and not any(m["role"] == "assistant" and m.get("weight", 1) for m in messages):
         problems.append("messages: every assistant message has weight 0; nothing would be trained on")
     return (messages if not problems else None), problems
@@ -235,7 +237,8 @@ def _content(value: Any, *, optional: bool) -> tuple[str, str | None]:
 
 def _calls(where: str, m: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     if "function_call" in m:  # legacy: one call, its id is given once the conversation is read
-        value, where, legacy = [{"id": "", "type": "function", "function": m["function_call"]}], f"{where}.function_call", True
+        value, legacy = [{"id": "", "type": "function", "function": m["function_call"]}], True
+        where = f"{where}.function_call"
     else:
         value, where, legacy = m["tool_calls"], f"{where}.tool_calls", False
     if not isinstance(value, list) or not value:
@@ -291,7 +294,8 @@ def _check_order(messages: list[Message], parallel: bool) -> list[str]:
             if prev not in ("assistant_calls", "tool"):
                 return [f"{where}: a tool message must follow an assistant message with tool_calls"]
             if cid not in pending:
-                what = "answers a call already answered" if cid in seen else "answers no call of the assistant message before it"
+                what = ("answers a call already answered" if cid in seen
+                        else "answers no call of the assistant message before it")
                 return [f"{where}.tool_call_id: '{cid}' {what}"]
             del pending[cid]
         elif pending:
