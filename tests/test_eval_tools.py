@@ -97,6 +97,8 @@ def test_compare_base_and_tuned_with_intervals():
     assert m["arguments_schema_valid"]["base"] == 0.0  # its one call misses the required order_id
     assert m["eval_loss"]["tuned"] == pytest.approx(6 / 12)
     assert len(out["per_example"]) == 4 and out["per_example"][0]["reference"].startswith("lookup_order(")
+    assert sorted(out["wins"]) == [0, 1, 2, 3] and out["wins"][-1] == 1 and out["regressions"] == []
+    assert out["per_example"][1]["score_base"] == pytest.approx(0.4)  # "Shipped." still shares a word
     alone = compare(t, None, _scores(perfect))
     assert {r["name"]: r["base"] for r in alone["metrics"]}["arguments_exact_match"] is None
 

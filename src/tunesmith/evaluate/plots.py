@@ -81,7 +81,9 @@ def target_bars(metrics: Sequence[dict[str, Any]]) -> bytes | None:
     """Base vs tuned bars for the target task's text metrics."""
     from matplotlib.figure import Figure
 
-    shown = [m for m in metrics if m["name"] in ("exact_match", "token_f1", "rouge_l") and m["tuned"] is not None]
+    names = ("exact_match", "token_f1", "rouge_l", "function_name_accuracy", "arguments_exact_match",
+             "false_call_rate", "answer_token_f1")  # the rates of a plain and of a tool-calling target task
+    shown = [m for m in metrics if m["name"] in names and m["tuned"] is not None]
     if not shown:
         return None
     fig = Figure(figsize=(6, 3))
@@ -90,7 +92,7 @@ def target_bars(metrics: Sequence[dict[str, Any]]) -> bytes | None:
     if any(m["base"] is not None for m in shown):
         ax.bar([x - 0.2 for x in xs], [m["base"] or 0 for m in shown], width=0.4, label="base", color="#90a4ae")
     ax.bar([x + 0.2 for x in xs], [m["tuned"] for m in shown], width=0.4, label="tuned", color="#1565c0")
-    ax.set_xticks(list(xs), [m["name"] for m in shown])
+    ax.set_xticks(list(xs), [m["name"].replace("_", "\n", 1) for m in shown], fontsize=7)
     ax.set(ylim=(0, 1), title="Target task")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 Message = dict[str, Any]
 
+SHOWN = 5  # turns listed as the largest wins and regressions
 METRICS = (  # name, higher is better
     ("eval_loss", False), ("perplexity", False), ("call_parse_rate", True), ("function_name_accuracy", True),
     ("arguments_exact_match", True), ("arguments_schema_valid", True), ("false_call_rate", False),
@@ -141,6 +142,9 @@ def compare(
     graded_t = [grade(turn, r) for turn, r in zip(t.turns, tuned.parsed, strict=True)]
     graded_b = [grade(turn, r) for turn, r in zip(t.turns, base.parsed, strict=True)] if base else None
     metrics = [_metric(name, better, t, base, tuned, graded_b, graded_t, th, seed) for name, better in METRICS]
+    rows = _rows(t, base, tuned, graded_b, graded_t)
+    delta = [(r["score_tuned"] - r["score_base"]) if base else 0.0 for r in rows]
+    ranked = sorted(range(len(rows)), key=lambda i: delta[i])
     return {
         "examples": len(t.examples), "kind": "tool_calls", "turns": len(t.turns),
         "turn_counts": {"call": sum(1 for x in t.turns if x.reference.get("tool_calls")),
@@ -148,8 +152,9 @@ def compare(
                                                   and x.after != "tool"),
                         "answer_after_result": sum(1 for x in t.turns if not x.reference.get("tool_calls")
                                                    and x.after == "tool")},
-        "metrics": metrics, "per_example": _rows(t, base, tuned, graded_b, graded_t),
-        "wins": [], "regressions": [],
+        "metrics": metrics, "per_example": rows,
+        "wins": [i for i in reversed(ranked) if delta[i] > 0][:SHOWN],
+        "regressions": [i for i in ranked if delta[i] < 0][:SHOWN],
     }
 
 
@@ -199,8 +204,18 @@ def _rows(
             "reference": _shown(turn.reference), "tuned": tuned.replies[i], "base": base.replies[i] if base else None,
             "tuned_scores": {k: v[0] for k, v in graded_t[i].items() if v[1]},
             "base_scores": {k: v[0] for k, v in graded_b[i].items() if v[1]} if graded_b else None,
+            "score_tuned": _turn_score(graded_t[i]), "score_base": _turn_score(graded_b[i]) if graded_b else None,
         })
     return rows
+
+
+def _turn_score(g: dict[str, tuple[float, float]]) -> float:
+    """How right one reply is (1 best): the exact call, no call where none is needed, the answer's F1."""
+    if g["arguments_exact_match"][1]:
+        return g["arguments_exact_match"][0]
+    if g["false_call_rate"][1]:
+        return 1.0 - g["false_call_rate"][0]
+    return g["answer_token_f1"][0]
 
 
 def _shown(m: Message) -> str:
