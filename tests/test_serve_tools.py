@@ -103,6 +103,8 @@ def test_parallel_calls_and_turning_them_off(client, server) -> None:
     assert [json.loads(c.function.arguments)["order_id"] for c in one.message.tool_calls] == [o3]
     _, calls, _ = streamed(client, question, tools=TOOLS, parallel_tool_calls=False)
     assert [json.loads(c["arguments"])["order_id"] for c in calls] == [o3]
+    text = create(client, ask(FAQ[0]), tools=TOOLS, parallel_tool_calls=False).choices[0].message.content
+    assert text == FAQ[1]  # a reply without calls is untouched
 
 
 def test_tool_choice_required_and_named_force_a_call(client, server) -> None:

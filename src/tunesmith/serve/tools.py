@@ -90,9 +90,7 @@ def finish(text: str, p: ToolPlan, finish_reason: str) -> tuple[str | None, list
     full = p.prefix + text
     if not p.parse:
         return full, None, finish_reason
-    if p.stop and finish_reason == "stop":
-        full += p.stop[0]  # generation stopped on the closing tag of the first call
-    reply = parse_reply(full, p.syntax)
+    reply = parse_reply(full, p.syntax)  # a call cut at its closing tag (parallel calls off) still parses
     if not reply.calls:
         return full, None, finish_reason
     return reply.content or None, tool_calls(reply.calls), "tool_calls"
