@@ -350,7 +350,7 @@ def iter_calls(messages: list[Message]) -> Iterator[tuple[int, int, dict[str, An
 
 
 def _unexpected(where: str, obj: dict[str, Any], allowed: tuple[str, ...], noun: str | None = None) -> list[str]:
-    has = noun or "it has"
+    has = noun or "allowed:"
     return [f"{where}.{k}: unexpected key ({has} {', '.join(allowed)})" for k in obj if k not in allowed]
 
 
