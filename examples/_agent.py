@@ -71,10 +71,11 @@ MISSING = [  # (questions, reply asking for the number, what the number is for)
 ]
 ACKS = ["I can check that for you.", "Happy to help with that.", "Sure, let me look into it.", "Of course.",
         "I can help with that."]
+# No made-up example numbers: a model shown "KB-123456" learns to call tools with it when the number is missing.
 HINTS = {"KB": ["It starts with KB- and is in your confirmation email.", "You'll find it in your confirmation "
-                "email; it looks like KB-123456.", "It's in the confirmation email and starts with KB-."],
-         "KS": ["It's on the sticker under the base and starts with KS-.", "Look under the base: it looks like "
-                "KS-123456.", "You'll find it on the sticker under the base (KS-...)."]}
+                "email.", "It's in the confirmation email and starts with KB-."],
+         "KS": ["It's on the sticker under the base and starts with KS-.", "Look under the base: it's on the "
+                "sticker.", "You'll find it on the sticker under the base."]}
 
 
 def _ask_number(question: str, asks: list[str], kind: str) -> str:
@@ -265,8 +266,8 @@ def _fits(answer: str, names: set[str]) -> bool:
 
 
 MIX: list[tuple[Callable[[random.Random, sqlite3.Connection, list[sqlite3.Row]], Row], int]] = [
-    (status_row, 4), (return_row, 4), (serial_row, 3), (by_order_row, 2), (two_turn_row, 2), (missing_row, 3),
-    (faq_row, 6),
+    (status_row, 4), (return_row, 5), (serial_row, 3), (by_order_row, 4), (two_turn_row, 3), (missing_row, 3),
+    (faq_row, 5),
 ]
 
 

@@ -25,7 +25,7 @@ FREE_LABEL = ("faulty", "damaged", "wrong_item")  # a change of mind pays the $6
 
 TOOLS: list[dict[str, Any]] = [
     {"type": "function", "function": {
-        "name": "lookup_order", "description": "Status, product and serial number of an order (KB-123456)",
+        "name": "lookup_order", "description": "Status, product and serial number of an order",
         "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}},
                        "required": ["order_id"]}}},
     {"type": "function", "function": {
@@ -34,7 +34,7 @@ TOOLS: list[dict[str, Any]] = [
             "order_id": {"type": "string"},
             "reason": {"type": "string", "enum": list(REASONS)}}, "required": ["order_id", "reason"]}}},
     {"type": "function", "function": {
-        "name": "check_warranty", "description": "Warranty of a kettle by its serial number (KS-123456)",
+        "name": "check_warranty", "description": "Warranty of a kettle by its serial number",
         "parameters": {"type": "object", "properties": {
             "serial_number": {"type": "string"}}, "required": ["serial_number"]}}},
 ]
