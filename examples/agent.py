@@ -1,8 +1,8 @@
 """An agent on a fine-tuned model: Kettlebird's support desk, answering with its own tools.
 
-    tunesmith train examples/agent_train.jsonl --out runs/agent --lr 1e-3 --epochs 2 --max-length 640
+    tunesmith train examples/agent_train.jsonl --out runs/agent --lr 1e-3 --epochs 3 --max-length 640
     tunesmith serve --adapter desk=runs/agent &
-    python examples/agent.py --model desk "Is the kettle from order KB-340722 still under warranty?"
+    python examples/agent.py --model desk "Is the kettle from order KB-209712 still under warranty?"
 
 The loop is the usual one for OpenAI's API: send the conversation and the tools; when the reply calls tools,
 run each on the shop database (`agent_desk.py`) and send the results back as tool messages; the first reply
