@@ -225,3 +225,19 @@ def test_prepared_split_keeps_tools(tmp_path):
     again = [e for name in ("train.jsonl", "eval.jsonl") for e in load_dataset(tmp_path / "out" / name).examples]
     assert len(again) == 20 and all(e.tools == TOOLS for e in again)
     assert sorted(json.dumps(e.messages) for e in again) == sorted(json.dumps(e.messages) for e in out.train + out.eval)
+
+
+def test_data_check_cli_shows_tool_calls(monkeypatch, capsys, tiny_model_dir, tmp_path):
+    from cli_helpers import run
+
+    rows = [{"tools": TOOLS}, {"messages": LOOP}, {"messages": [USER, DONE]}]
+    path = write(tmp_path, rows)
+    code, out, _ = run(monkeypatch, capsys, "data", "check", str(path), "--model", str(tiny_model_dir))
+    assert code == 0
+    assert "1 in 1 examples: lookup_order 1 · start_return 0" in out and "1 examples without a call" in out
+    assert "template round-trip" in out and "2/2 ok" in out
+    code, out, _ = run(monkeypatch, capsys, "data", "check", str(path), "--model", str(tiny_model_dir), "--json")
+    assert json.loads(out)["tools"]["calls_per_function"] == {"lookup_order": 1, "start_return": 0}
+    bad = write(tmp_path, [{"messages": [USER, result("c")]}])
+    code, out, err = run(monkeypatch, capsys, "data", "check", str(bad))
+    assert code == 2 and "data.jsonl:1: messages[1]: a tool message must follow" in err and "Traceback" not in err
