@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +35,9 @@ def rows() -> list[dict]:
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from tunesmith.train.allocator import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def steady(times: list[float], tokens: list[int], skip: int) -> float:

@@ -12,6 +12,7 @@ import pytest
 from cli_helpers import run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+CONFIGS = Path(__file__).resolve().parent / "data" / "configs"  # a folder of config.json files only
 
 
 
@@ -52,9 +53,18 @@ def test_invalid_data_exits_2_listing_problems_without_traceback(monkeypatch, ca
 
 @pytest.mark.parametrize(("args", "message"), [
     (["missing.jsonl"], "error: missing.jsonl: file not found"),
-    (["."], "error: .: is a directory; expected a .jsonl, .json or .csv file"),
+    ([str(CONFIGS)], f"error: {CONFIGS}: folder holds no .txt or .md documents and is no `datasets` save_to_disk "
+                     "folder; give a data file, a folder of documents, or a hub id"),
     ([str(EXAMPLES / "support.jsonl"), "--format", "yaml"],
-     "error: unknown dataset format 'yaml': expected one of auto, prompt_completion, chat, alpaca"),
+     "error: unknown dataset format 'yaml': expected one of auto, prompt_completion, chat, alpaca, sharegpt, "
+     "chat_prompt_completion, text"),
+    ([str(EXAMPLES / "support.jsonl"), "--columns", "prompt"],
+     "error: --columns 'prompt': expected KEY=COLUMN pairs separated by commas, e.g. "
+     "prompt=question,completion=answer"),
+    ([str(EXAMPLES / "support.jsonl"), "--columns", "question=prompt"],
+     "error: --columns: 'question' is not a key of any format; map columns to messages, conversations, system, "
+     "prompt, completion, instruction, input, output, text, tools"),
+
     ([str(EXAMPLES / "support.jsonl"), "--model", "no-such-model"],
      "error: model 'no-such-model': not a local folder, a built-in model (smollm2-135m) or a hub id like 'org/name'"),
 ])

@@ -70,3 +70,20 @@ def test_generator_reproduces_the_committed_files(tmp_path):
     make_examples.main(tmp_path)
     for name in FILES:
         assert (tmp_path / name).read_bytes() == (EXAMPLES / name).read_bytes(), name
+
+
+def test_handbook_documents_hold_every_held_out_fact_and_the_qa_set_none():
+    """The documents recipe (docs/documents.md): held-out questions are answerable from the handbook only."""
+    from tunesmith.data.similarity import leakage, normalise
+
+    docs = load_dataset(EXAMPLES / "docs" / "handbook")
+    qa = load_dataset(EXAMPLES / "docs" / "qa.jsonl")
+    held = load_dataset(EXAMPLES / "docs" / "questions.jsonl")
+    assert (docs.format, len(docs.examples), qa.format, held.format) == ("text", 12, "sharegpt", "prompt_completion")
+    handbook = " ".join(normalise(e.text or "") for e in docs.examples)
+    instructions = " ".join(normalise(m["content"]) for e in qa.examples for m in e.messages)
+    for e in held.examples:
+        fact = normalise(e.messages[-1]["content"])
+        assert f" {fact} " in f" {handbook} ", fact
+        assert f" {fact} " not in f" {instructions} ", fact
+    assert leakage(qa.examples, held.examples) == []

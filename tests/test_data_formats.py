@@ -140,16 +140,21 @@ def test_wrong_types(tmp_path):
     path = _jsonl(tmp_path, [{"prompt": ["a"], "completion": None}, {"messages": {"role": "user"}},
                              {"messages": ["hi", {"role": 1, "content": True}]}], name="d.jsonl")
     assert _problems(path, "auto") == [
-        f"{path}:1: format: looks like prompt_completion (prompt/completion) but the file is chat (messages); "
-        "one file holds one format",
+        f"{path}:1: format: looks like chat_prompt_completion (prompt/completion) but the file is chat "
+        "(messages); one file holds one format",
         f"{path}:2: messages: expected a list of messages, got object",
         f"{path}:3: messages[0]: expected an object with role and content, got string",
         f"{path}:3: messages[1].role: expected a string, got number",
         f"{path}:3: messages[1].content: expected a string, got boolean",
     ]
-    path = _jsonl(tmp_path, [{"prompt": ["a"], "completion": None}], name="e.jsonl")
-    assert _problems(path) == [f"{path}:1: prompt: expected a string, got array",
+    path = _jsonl(tmp_path, [{"prompt": 5, "completion": None}], name="e.jsonl")
+    assert _problems(path) == [f"{path}:1: prompt: expected a string, got number",
                                f"{path}:1: completion: expected a string, got null"]
+    path = _jsonl(tmp_path, [{"prompt": ["a"], "completion": None}], name="f.jsonl")  # a list: TRL's shape
+    assert _problems(path) == [
+        f"{path}:1: prompt[0]: expected an object with role and content, got string",
+        f"{path}:1: completion: expected a list of messages (the conversational shape), got null",
+    ]
 
 
 def test_missing_and_extra_keys(tmp_path):
@@ -189,7 +194,8 @@ def test_unrecognisable_records(tmp_path):
     path = _jsonl(tmp_path, [{"question": "a", "answer": "b"}])
     assert _problems(path) == [
         f"{path}:1: format: cannot tell the format from ['answer', 'question']; expected keys prompt/completion, "
-        "messages, or instruction/input/output (or pass --format)"
+        "messages, conversations, instruction/input/output or text (or pass --format; --columns maps other column "
+        "names)"
     ]
 
 
@@ -248,7 +254,8 @@ def test_csv_problems(tmp_path):
 
 def test_missing_file_directory_and_unknown_format(tmp_path):
     assert _problems(tmp_path / "nope.jsonl") == [f"{tmp_path / 'nope.jsonl'}: file not found"]
-    assert _problems(tmp_path) == [f"{tmp_path}: is a directory; expected a .jsonl, .json or .csv file"]
+    assert _problems(tmp_path) == [f"{tmp_path}: folder holds no .txt or .md documents and is no `datasets` "
+                                   "save_to_disk folder; give a data file, a folder of documents, or a hub id"]
     with pytest.raises(ConfigError, match="unknown dataset format 'jsonl': expected one of auto, prompt_completion"):
         load_examples(_jsonl(tmp_path, [{"prompt": "a", "completion": "b"}]), "jsonl")  # type: ignore[arg-type]
 

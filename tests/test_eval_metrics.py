@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from tunesmith.errors import ConfigError
-from tunesmith.evaluate.guard import (
+from tunesmith.evaluate.metrics import exact_match, normalize, rouge_l, token_f1
+from tunesmith.evaluate.refusal import WINDOW, is_refusal
+from tunesmith.evaluate.suite import Task, TaskScores
+from tunesmith.evaluate.verdict import (
     Thresholds,
     compare_task,
     judge,
@@ -16,9 +19,6 @@ from tunesmith.evaluate.guard import (
     paired_bootstrap,
     parse_thresholds,
 )
-from tunesmith.evaluate.metrics import exact_match, normalize, rouge_l, token_f1
-from tunesmith.evaluate.refusal import WINDOW, is_refusal
-from tunesmith.evaluate.suite import Task, TaskScores
 
 
 def test_normalize_and_exact_match():
@@ -96,7 +96,7 @@ def test_bootstrap_relative_perplexity_change_is_exact_for_a_constant_rate():
     base = (tokens * math.log(10), tokens)  # perplexity 10 on every item
     tuned = (tokens * math.log(11), tokens)  # perplexity 11 on every item
     delta, low, high = paired_bootstrap(base, tuned, relative_exp=True, resamples=200)
-    assert (delta, low, high) == pytest.approx((0.1, 0.1, 0.1))
+    assert [delta, low, high] == pytest.approx([0.1, 0.1, 0.1])
 
 
 def test_parse_thresholds():

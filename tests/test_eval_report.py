@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.evaluate.guard import Thresholds, compare
-from tunesmith.evaluate.report import fmt_delta, fmt_value, write
+from tunesmith.evaluate.report import fmt_delta, fmt_value, suite_table, write
 from tunesmith.evaluate.suite import Task, TaskScores
 from tunesmith.evaluate.target import TargetScores, compare_target
+from tunesmith.evaluate.verdict import Thresholds, compare
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -136,3 +136,24 @@ def test_html_renders_in_headless_chromium(tmp_path, run_dir):
     pixels = imread(shot)[..., :3]
     colours = {tuple(p) for p in (pixels[::8, ::8].reshape(-1, 3) * 255).round().astype(int).tolist()}
     assert len(colours) > 50  # text, tables and plots drew, not a blank page
+
+
+def test_the_suite_plot_draws_what_the_table_prints():
+    """Each task's point and interval are the table's own numbers, same sign (perplexity included)."""
+    from tunesmith.evaluate.plots import delta_points
+
+    rows = _report()["suite"]
+    _, table = suite_table(rows)
+    for (label, x, lo, hi), row, r in zip(delta_points(rows), table, rows, strict=True):
+        assert label.startswith(r["task"] + " (")
+        assert row[5] == fmt_delta(x / 100, (lo / 100, hi / 100), r["relative"])  # the same three numbers
+    prose = next(p for p in delta_points(rows) if p[0].startswith("prose"))
+    assert prose[1] > 0 and "lower is better" in prose[0]  # a perplexity rise is drawn as a rise
+
+
+def test_training_data_table_reads_as_text_not_json(tmp_path, run_dir):
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    manifest["data"] = {"train": {"path": "support.jsonl", "sha256": "sha256:ab"}, "train_examples": 90}
+    (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    md = write(_report(), tmp_path / "out", run_dir)["md"].read_text()
+    assert "| train | path: support.jsonl; sha256: sha256:ab |" in md and "{" not in md.split("## Training data")[1]

@@ -142,5 +142,6 @@ def test_prefix_cache_works_through_a_peft_wrapper(model, tiny_tokenizer):
     wrapped = get_peft_model(copy.deepcopy(model), LoraConfig(r=2, target_modules="all-linear", task_type="CAUSAL_LM"))
     assert scoring._cache_arg(wrapped) is not None
     items = [(p, "Sure", "Paris") for p in PROMPTS]
-    assert scoring.greedy_match(wrapped.eval(), tiny_tokenizer, items) == pytest.approx(
-        scoring.greedy_match(model, tiny_tokenizer, items), abs=1e-4)
+    cached, plain = (scoring.greedy_match(m, tiny_tokenizer, items) for m in (wrapped.eval(), model))
+    assert [ok for ok, _ in cached] == [ok for ok, _ in plain]
+    assert [lp for _, lp in cached] == pytest.approx([lp for _, lp in plain], abs=1e-4)

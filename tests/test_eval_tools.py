@@ -27,15 +27,15 @@ ROWS = [
     Example([{"role": "user", "content": "Where is KB-1?"},
              {"role": "assistant", "content": "", "tool_calls": [_call("a", "lookup_order", {"order_id": "KB-1"})]},
              {"role": "tool", "tool_call_id": "a", "content": '{"status": "shipped"}'},
-             {"role": "assistant", "content": "Order KB-1 has shipped."}], "t:1", TOOLS),
+             {"role": "assistant", "content": "Order KB-1 has shipped."}], "t:1", tools=TOOLS),
     Example([{"role": "user", "content": "Where are KB-2 and KB-3?"},
              {"role": "assistant", "content": "", "tool_calls": [_call("a", "lookup_order", {"order_id": "KB-2"}),
                                                                  _call("b", "lookup_order", {"order_id": "KB-3"})]},
              {"role": "tool", "tool_call_id": "a", "content": "{}"},
              {"role": "tool", "tool_call_id": "b", "content": "{}"},
-             {"role": "assistant", "content": "Both shipped.", "weight": 0}], "t:2", TOOLS),
+             {"role": "assistant", "content": "Both shipped.", "weight": 0}], "t:2", tools=TOOLS),
     Example([{"role": "user", "content": "Do you take PayPal?"}, {"role": "assistant", "content": "Yes, we do."}],
-            "t:3", TOOLS),
+            "t:3", tools=TOOLS),
 ]
 CALL = '<tool_call>{"name": "%s", "arguments": %s}</tool_call>'
 

@@ -13,6 +13,7 @@ from tunesmith.plan import (
     CPU_PROCESS_BYTES,
     CUDA_CONTEXT_BYTES,
     GIB,
+    MIMALLOC_PROCESS_BYTES,
     Arch,
     DataStats,
     Setup,
@@ -151,7 +152,7 @@ def test_gradient_checkpointing_keeps_one_hidden_state_per_layer_and_one_layer_r
     s = Setup("full", 1, 512, 511, "fp32", "cpu")
     plain, ckpt = memory(arch, s), memory(arch, dataclasses.replace(s, checkpointing=True))
     per_layer = plain["activations"] // 32
-    assert ckpt["activations"] == 512 * 32 * 4096 * 4 + per_layer
+    assert ckpt["activations"] == 512 * 32 * 4096 * 4 + 2 * per_layer  # the recomputed layer and its gradients
     assert ckpt["activations"] < plain["activations"] / 5
 
 
@@ -163,7 +164,7 @@ def test_fsdp_shards_weights_gradients_and_optimizer_over_the_ranks() -> None:
         assert four[part] == pytest.approx(one[part] / 4, rel=1e-6)
     layer = arch.layer_params * 4
     root = (arch.parameters - 32 * arch.layer_params) * 4
-    assert four["fsdp_gathered"] == round(2 * layer + root * 3 / 4)  # two layers, and the root, gathered
+    assert four["fsdp_gathered"] == 2 * (2 * layer + root)  # two layers and the root gathered, with gradients
     assert four["activations"] == one["activations"]  # each rank runs its own micro-batch
 
 
@@ -340,3 +341,16 @@ def test_training_allocator_follows_the_opt_out(monkeypatch) -> None:
 
     monkeypatch.setenv("TUNESMITH_MALLOC", "system")
     assert training_allocator() == "system"  # pytest itself does not run under mimalloc
+
+
+def test_framework_term_follows_the_allocator_and_a_measured_process_size() -> None:
+    arch, _ = load_arch(LLAMA_7B)
+    s = Setup("lora", batch_size=1, seq_len=128, targets_per_row=64, precision="fp32", device="cpu")
+    assert memory(arch, s)["framework"] == CPU_PROCESS_BYTES
+    mim = dataclasses.replace(s, allocator="mimalloc")
+    assert memory(arch, mim)["framework"] == MIMALLOC_PROCESS_BYTES > CPU_PROCESS_BYTES
+    measured = dataclasses.replace(s, process_bytes=700 * 2**20)
+    assert memory(arch, measured)["framework"] == 700 * 2**20
+    gap = peak_bytes(arch, measured, memory(arch, measured)) - peak_bytes(arch, s, memory(arch, s))
+    assert gap == 700 * 2**20 - CPU_PROCESS_BYTES  # the measured size replaces the constant, nothing else moves
+    assert memory(arch, dataclasses.replace(measured, device="cuda"))["framework"] == 0  # not in CUDA's measure

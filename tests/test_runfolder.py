@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def test_resume_with_a_setting_that_cannot_change_is_one_line(monkeypatch, capsy
     assert err.strip().splitlines() == ["error: --resume continues the run as it was set up; these settings cannot "
                                         "change mid-run: lr (resumable: max-steps, epochs, eval-every, save-every, "
                                         "keep-checkpoints, patience, device, threads, guard-stop, "
-                                        "gradient-checkpointing); start a new run with --out to change them"]
+                                        "gradient-checkpointing, report-to); start a new run with --out to change "
+                                        "them"]
 
 
 def test_run_folder_errors_name_the_folder(tmp_path: Path):
@@ -148,3 +150,46 @@ def test_run_folder_errors_name_the_folder(tmp_path: Path):
     with pytest.raises(RunError, match="--force only replaces a tunesmith run folder"):
         RunFolder.create(tmp_path / "model", force=True)
     assert (tmp_path / "model" / "config.json").is_file()
+
+
+def test_train_ends_with_the_guard_verdict_and_the_next_commands(monkeypatch, capsys, qa_file, tiny_model_dir,
+                                                                  tmp_path):
+    code, out, err = run_cli(monkeypatch, capsys, "train", str(qa_file), "--model", str(tiny_model_dir), "--out",
+                             str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "4", "--threads", "1")
+    assert code == 0, err
+    assert re.search(r"· scoring the base model \(\d eval examples, the forgetting-guard slice\): the reference", out)
+    assert "guard at step 2: PASS, general skills held (arithmetic" in out
+    assert f"next: tunesmith eval {tmp_path / 'run'}" in out and f"tunesmith chat {tmp_path / 'run'}" in out
+
+
+def test_only_rank_0_prints_under_torchrun(monkeypatch, capsys, qa_file, tiny_model_dir, tmp_path):
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets for the second process
+    code, out, err = run_cli(monkeypatch, capsys, "train", str(qa_file), "--model", str(tiny_model_dir), "--out",
+                             str(tmp_path / "run"), "--max-steps", "1", "--batch-size", "4", "--threads", "1",
+                             "--no-guard")
+    assert code == 0, err
+    assert out == "" and err == ""
+
+
+def test_the_eta_leaves_out_the_base_scoring_and_counts_evaluations_to_come():
+    import time
+
+    from tunesmith.cli.train import Eta
+
+    eta = Eta()
+    eta.start(10)
+    eta.evaluated()  # step 0: the base model's scoring, a one-time cost
+    assert eta.evals == 0
+    assert eta.step({"step": 1, "elapsed": 2.0}) == "0:00:18"  # 9 steps x 2 s
+    eta.last -= 4.0  # an evaluation that took 4 s
+    eta.evaluated()
+    assert eta.step({"step": 2, "elapsed": 4.0}) == "0:00:32"  # 8 x 2 s + 8 steps x 4 s of eval per 2 steps
+    assert time.perf_counter() >= eta.last
+
+
+def test_a_failed_train_prints_its_one_line_and_nothing_else(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, out, err = run_cli(monkeypatch, capsys, "train", str(tmp_path / "missing.jsonl"), "--model",
+                             str(tiny_model_dir), "--out", str(tmp_path / "run"))
+    assert code == 2 and out == ""
+    assert err == f"error: {tmp_path / 'missing.jsonl'}: file not found\n"
+    assert not (tmp_path / "run").exists()

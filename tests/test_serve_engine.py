@@ -48,11 +48,17 @@ def adapter_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory)
     return {name: make_adapter(tiny_model_dir, root / name, seed=seed) for name, seed in (("a", 1), ("b", 2))}
 
 
-@pytest.fixture
-def engine(tiny_model_dir: Path, adapter_dirs: dict[str, Path]) -> Iterator[Engine]:
-    eng = Engine(resolve(str(tiny_model_dir)), base_id="tiny", device="cpu",
+def make_engine(tiny_model_dir: Path, kind: str, adapter_dirs: dict[str, Path]) -> Engine:
+    eng = Engine(resolve(str(tiny_model_dir)), base_id="tiny", device="cpu", engine=kind,  # type: ignore[arg-type]
                  limits=Limits(max_tokens=32, max_prompt_tokens=64, max_batch=8, max_queue=6))
     eng.add_adapter("a", adapter_dirs["a"])
+    return eng
+
+
+@pytest.fixture(params=["fast", "transformers"])
+def engine(request: pytest.FixtureRequest, tiny_model_dir: Path, adapter_dirs: dict[str, Path]) -> Iterator[Engine]:
+    eng = make_engine(tiny_model_dir, request.param, adapter_dirs)
+    assert eng.engine_name == request.param
     yield eng
     eng.close()
 
@@ -61,8 +67,16 @@ def ids(engine: Engine, text: str) -> list[int]:
     return engine.chat_prompt([{"role": "user", "content": text}])
 
 
-def test_requests_for_the_same_model_are_batched_oldest_model_first(engine: Engine, tiny_model_dir: Path,
-                                                                     adapter_dirs: dict[str, Path]) -> None:
+def test_transformers_engine_batches_requests_for_the_same_model_oldest_model_first(
+        tiny_model_dir: Path, adapter_dirs: dict[str, Path]) -> None:
+    engine = make_engine(tiny_model_dir, "transformers", adapter_dirs)
+    try:
+        _check_same_model_batches(engine, tiny_model_dir, adapter_dirs)
+    finally:
+        engine.close()
+
+
+def _check_same_model_batches(engine: Engine, tiny_model_dir: Path, adapter_dirs: dict[str, Path]) -> None:
     order: list[str] = []
     plan = [("a", "hi"), ("tiny", "hello"), ("a", "fox"), ("a", "where is my order?")]
     jobs = []
@@ -80,8 +94,30 @@ def test_requests_for_the_same_model_are_batched_oldest_model_first(engine: Engi
         assert out == reference_reply(tiny_model_dir, adapter, ids(engine, text), 5)
 
 
-def test_a_batch_stays_within_the_padded_token_budget(tiny_model_dir: Path) -> None:
-    eng = Engine(resolve(str(tiny_model_dir)), device="cpu", limits=Limits(max_batch_tokens=45))
+def test_fast_engine_decodes_requests_for_different_models_in_one_batch(tiny_model_dir: Path,
+                                                                        adapter_dirs: dict[str, Path]) -> None:
+    engine = make_engine(tiny_model_dir, "fast", adapter_dirs)
+    engine.add_adapter("b", adapter_dirs["b"])
+    plan = [("a", "hi"), ("tiny", "hello"), ("b", "fox"), ("a", "where is my order?"), ("b", "hi")]
+    try:
+        with engine._cond:  # hold the queue so the worker sees all five at once
+            jobs = [Collector() for _ in plan]
+            for (model_id, text), c in zip(plan, jobs, strict=True):
+                engine.submit(model_id, ids(engine, text), SamplingParams(max_tokens=6), c)
+        results = [c.wait() for c in jobs]
+        assert engine.stats()["batches"] == 1 and engine.stats()["largest_batch"] == 5
+        for (model_id, text), (out, end) in zip(plan, results, strict=True):
+            adapter = adapter_dirs.get(model_id)
+            assert isinstance(end, Step) and end.finish_reason == "length"
+            assert out == reference_reply(tiny_model_dir, adapter, ids(engine, text), 6), (model_id, text)
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("kind", ["fast", "transformers"])
+def test_a_batch_stays_within_the_padded_token_budget(tiny_model_dir: Path, kind: str) -> None:
+    eng = Engine(resolve(str(tiny_model_dir)), device="cpu", limits=Limits(max_batch_tokens=45),
+                 engine=kind)  # type: ignore[arg-type]
     order: list[str] = []
     try:
         with eng._cond:
@@ -189,7 +225,7 @@ def test_a_crash_inside_generation_fails_that_batch_with_500_and_the_worker_carr
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated device failure")
 
-    monkeypatch.setattr(engine.model, "forward", boom)
+    monkeypatch.setattr(engine.fast or engine.model, "forward", boom)
     _, end = _generate(engine, "tiny", "hello")
     assert isinstance(end, ApiError) and end.status == 500
     assert end.message == "generation failed inside the server; see its log"
@@ -206,8 +242,9 @@ def test_a_cancelled_queued_request_is_never_run(engine: Engine) -> None:
     assert engine.stats()["batches"] == 1
 
 
-def test_close_tells_queued_requests_the_server_is_stopping(tiny_model_dir: Path) -> None:
-    eng = Engine(resolve(str(tiny_model_dir)), device="cpu")
+@pytest.mark.parametrize("kind", ["fast", "transformers"])
+def test_close_tells_queued_requests_the_server_is_stopping(tiny_model_dir: Path, kind: str) -> None:
+    eng = Engine(resolve(str(tiny_model_dir)), device="cpu", engine=kind)  # type: ignore[arg-type]
     waiting = Collector()
     with eng._model_lock:  # the worker takes the first request, then blocks: the second stays queued
         eng.submit(eng.base_id, [5, 6], SamplingParams(max_tokens=2), Collector())

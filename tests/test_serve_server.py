@@ -345,3 +345,13 @@ def test_32_parallel_clients_are_all_answered_correctly_and_batched(client, serv
     assert results == alone  # every client answered, each with exactly its own reply
     assert server.engine.stats()["batches"] - batches_before < 32  # some requests shared a forward pass
     assert server.engine.stats()["queued"] == 0
+
+
+def test_requests_without_a_temperature_are_greedy_like_chat_and_generate(client) -> None:
+    from tunesmith.serve.generate import DEFAULT_TEMPERATURE, SamplingParams
+
+    assert DEFAULT_TEMPERATURE == SamplingParams().temperature == 0.0
+    replies = {client.chat.completions.create(model="support", messages=HELLO, max_tokens=8).choices[0].message.content
+               for _ in range(3)}
+    greedy = client.chat.completions.create(model="support", messages=HELLO, max_tokens=8, temperature=0)
+    assert replies == {greedy.choices[0].message.content}

@@ -1,4 +1,4 @@
-"""The whole pipeline on one screen: check data -> plan -> train -> evaluate -> merge / serve.
+"""The whole pipeline on one screen: check data -> plan -> train -> evaluate -> merge / export / serve.
 
 Each function is what the matching CLI command calls; use them from Python the same way. The CLI only
 parses arguments, calls these, and prints what they return.
@@ -6,6 +6,7 @@ parses arguments, calls these, and prints what they return.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,10 +14,57 @@ from tunesmith.config import TrainConfig, load_config, resume_config
 from tunesmith.errors import ModelError
 
 if TYPE_CHECKING:
+    from tunesmith.data.formats import Dataset
+    from tunesmith.data.prepare import PrepareConfig, Prepared
+    from tunesmith.data.quality import Report
     from tunesmith.model.merge import MergeResult
     from tunesmith.plan import Plan
     from tunesmith.train.loop import Hooks
     from tunesmith.train.run import RunResult
+
+
+# The settings objects of each stage, importable from here without loading their stage up front.
+_SETTINGS = {"PrepareConfig": "tunesmith.data.prepare", "EvalOptions": "tunesmith.evaluate.runner",
+             "ServeConfig": "tunesmith.serve.app", "Limits": "tunesmith.serve.engine",
+             "SamplingParams": "tunesmith.serve.generate", "Conversation": "tunesmith.serve.chat"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SETTINGS:
+        import importlib
+
+        return getattr(importlib.import_module(_SETTINGS[name]), name)
+    raise AttributeError(f"module 'tunesmith.api' has no attribute '{name}'")
+
+
+# -- data -------------------------------------------------------------------------------------------------
+
+
+def load_data(path: str | Path, fmt: str = "auto", columns: str | None = None) -> Dataset:
+    """Read and validate a dataset (every problem at once, with file:line); the file is only read."""
+    from tunesmith.data.formats import load_dataset
+
+    return load_dataset(path, fmt, columns)  # type: ignore[arg-type]  # an unknown format is a ConfigError
+
+
+def check_data(data: Dataset, *, model: str = "smollm2-135m", max_length: int = 1024,
+               eval_data: Dataset | None = None) -> Report:
+    """`tunesmith data check`: the quality report (duplicates, conflicts, lengths, leakage into `eval_data`)."""
+    from tunesmith.data.quality import build_report
+    from tunesmith.model.loading import load_tokenizer
+
+    return build_report(data, load_tokenizer(model), max_length, eval_data)
+
+
+def prepare_data(data: Dataset, out: str | Path, config: PrepareConfig, *, model: str = "smollm2-135m") -> Prepared:
+    """`tunesmith data prepare`: deduplicate, split by prompt group, write train/eval JSONL and report.json."""
+    from tunesmith.data.prepare import prepare
+    from tunesmith.model.loading import load_tokenizer
+
+    return prepare(data, out, config, load_tokenizer(model))
+
+
+# -- training -----------------------------------------------------------------------------------------------
 
 
 def load_train_config(path: str | Path | None = None, *, resume: str | Path | None = None,
@@ -81,6 +129,68 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, force: bool = False,
     return train(config, resume=resume, force=force, hooks=hooks, extras=Extras(guard_factory, replay))
 
 
+def guard_summary(result: RunResult) -> str:
+    """One sentence: what the forgetting guard said about the exported step, and how general skills moved."""
+    if not result.guard:
+        return "guard: off; `tunesmith eval` compares the tuned model with its base"
+    base, exported = result.guard.get("base", {}), result.guard.get("exported", {})
+    verdict = exported.get("guard_verdict")
+    if verdict is None:
+        return f"guard: the exported step {result.exported_step} was not scored; `tunesmith eval` checks it"
+    moves = [f"{k.removeprefix('guard/')} {base[k]:.2f} -> {exported[k]:.2f}" for k in sorted(exported)
+             if k.startswith("guard/") and k in base]
+    words = {"pass": "general skills held", "warn": "some general skills slipped",
+             "fail": "general skills were lost"}[verdict]
+    return f"guard at step {result.exported_step}: {verdict.upper()}, {words} ({', '.join(moves)})"
+
+
+def evaluate(opts: Any, progress: Any = None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """`tunesmith eval`: score the tuned model and its base on the suite and the target task, write the report
+    (report.json, report.md, report.html) and return it with the paths written."""
+    from tunesmith.evaluate.report import write
+    from tunesmith.evaluate.runner import evaluate as run_evaluation
+    from tunesmith.evaluate.runner import out_dir, run_dir_of
+
+    report = run_evaluation(opts, progress or (lambda _: None))
+    return report, write(report, out_dir(opts, report["tuned"]["label"]), run_dir_of(opts))
+
+
+def advise_from_data(data: Dataset) -> Any:
+    """The decision table answered from what the data shows (fine-tune, RAG, both, or prompting)."""
+    from tunesmith.advise import Answers, decide, evidence_from
+
+    evidence = evidence_from(data.examples) if data.examples and data.format != "text" else None
+    return decide(Answers(), evidence)
+
+
+QUICK_STEPS = 24  # `run --quick`: enough steps to see the task being learned, a few minutes on a CPU
+QUICK_EVAL_EXAMPLES = 16
+
+
+def quick(config: TrainConfig) -> TrainConfig:
+    """`run --quick`: a short run that still goes through every stage (at most QUICK_STEPS optimizer steps)."""
+    import dataclasses
+
+    steps = min(config.max_steps or QUICK_STEPS, QUICK_STEPS)
+    return dataclasses.replace(config, max_steps=steps, eval_every=steps // 2)
+
+
+def fitted(config: TrainConfig, planned: Plan) -> TrainConfig | None:
+    """`config`, or the planner's recommended configuration when `config` does not fit (None: nothing fits)."""
+    import dataclasses
+
+    r = planned.recommendation
+    if r.fits is False:
+        return None
+    if r.fits is None or not planned.options:
+        return config
+    best = planned.options[0]
+    keys = ("method", "quantize", "gradient_checkpointing", "batch_size", "grad_accum", "max_length")
+    if planned.required_memory_bytes <= (planned.available_memory_bytes or 0) * 0.9:
+        return config
+    return dataclasses.replace(config, **{k: best[k] for k in keys})
+
+
 def merge_adapter(target: str | Path, out: str | Path, *, adapter: str | Path | None = None,
                   force: bool = False) -> MergeResult:
     """Fold a LoRA adapter into its base model and save a plain model folder."""
@@ -89,7 +199,77 @@ def merge_adapter(target: str | Path, out: str | Path, *, adapter: str | Path | 
     return merge(target, out, adapter=adapter, force=force)
 
 
+def export_gguf(target: str | Path, out: str | Path | None = None, **options: Any) -> Any:
+    """Write a run as GGUF (merged, optionally base + LoRA adapter) plus an Ollama Modelfile, checked against it."""
+    from tunesmith.export.gguf_export import export_gguf as export
+
+    return export(target, out, **options)
+
+
 def _count_examples(config: TrainConfig) -> int:
     from tunesmith.data.formats import load_examples
 
-    return len(load_examples(config.data, config.format))
+    return len(load_examples(config.data, config.format, config.columns))
+
+
+# -- use it ------------------------------------------------------------------------------------------------
+
+
+def load_for_chat(target: str, adapter: str | Path | None = None, *, device: str = "auto",
+                  quantize: str = "auto") -> tuple[Any, Any]:
+    """The model `generate` and `chat` talk to (base, run folder or adapter) in eval mode, and its tokenizer."""
+    import warnings
+
+    from tunesmith.model.adapters import load_for_inference, resolve_target
+    from tunesmith.model.loading import pick_device
+    from tunesmith.serve.generate import inference_dtype
+
+    dev = pick_device(device)
+    with warnings.catch_warnings():  # PEFT calls an API transformers 5 deprecates; not the user's concern
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return load_for_inference(resolve_target(target, adapter, quantize=quantize), device=dev,
+                                  dtype=inference_dtype(dev))
+
+
+def prompt_ids(tokenizer: Any, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
+    """Token ids for one user message through the chat template (as training rendered it), or `raw` text."""
+    from tunesmith.data.tokenize import encode_prompt
+
+    if raw:
+        return list(tokenizer(text)["input_ids"])
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    return encode_prompt(tokenizer, messages)
+
+
+def stream_reply(model: Any, tokenizer: Any, ids: list[int], params: Any) -> Iterator[Any]:
+    """The reply, a step (text piece, token count, finish reason) at a time."""
+    from tunesmith.serve.generate import stream
+
+    return stream(model, tokenizer, ids, params)
+
+
+def build_engine(model: str, adapters: list[tuple[str, str]], *, device: str = "auto", limits: Any = None,
+                 engine: str = "auto", int8: bool = False) -> Any:
+    """The serving engine: one base model (or a LoRA run's base, its adapter served under the run's name) and
+    any number of named adapters on top."""
+    from tunesmith.model.adapters import resolve_target
+    from tunesmith.serve.engine import Engine
+
+    target = resolve_target(model)
+    base_id = target.model.name if target.adapter is not None else target.label
+    served = Engine(target.model, base_id=base_id, device=device, limits=limits, engine=engine, int8=int8)
+    if target.adapter is not None:  # --model RUN_DIR of a LoRA run: serve its adapter under the run's name
+        served.add_adapter(target.label, Path(model))
+    for name, path in adapters:
+        served.add_adapter(name, path)
+    return served
+
+
+def serve(engine: Any, config: Any) -> None:
+    """Serve `engine` over the OpenAI-compatible HTTP API until interrupted."""
+    import uvicorn
+
+    from tunesmith.serve.app import create_app
+
+    uvicorn.run(create_app(engine, config), host=config.host, port=config.port, log_level="info",
+                timeout_graceful_shutdown=5)

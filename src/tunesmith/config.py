@@ -25,6 +25,7 @@ Method = Literal["lora", "full"]
 Schedule = Literal["cosine", "linear", "constant"]
 Quantize = Literal["none", "4bit", "8bit"]
 Distributed = Literal["ddp", "fsdp"]
+TRACKERS = ("tensorboard", "mlflow")  # what `report_to` may name (tunesmith.track)
 DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
 
@@ -58,10 +59,13 @@ class LoraSettings:
 class TrainConfig:
     """One fine-tuning run. `None` means "chosen from the data and method" (see `resolve_defaults`)."""
 
-    data: str = setting("", "Training data (JSON, JSONL or CSV)", panel="Run")
+    data: str = setting("", "Training data: JSONL, JSON, CSV, Parquet, Arrow, a `datasets` folder, a hub id, or "
+                        ".txt/.md documents", panel="Run")
     eval_data: str | None = setting(None, "Eval data; default: hold out eval_fraction of the data",
                                     flag="--eval", panel="Run")
     format: Format = setting("auto", "Dataset format (auto: detected from the keys)", panel="Run")
+    columns: str | None = setting(None, "Other column names, KEY=COLUMN: prompt=question,completion=answer",
+                                  panel="Run")
     model: str = setting("smollm2-135m", "Base model: built-in name, local folder, run folder or hub id",
                          panel="Run")
     method: Method = setting("lora", "What trains: lora (a small adapter) or full (every weight)", panel="Run")
@@ -98,10 +102,14 @@ class TrainConfig:
     replay: float = setting(0.0, "Share of general replay examples mixed in against forgetting", panel="Run")
     allow_pickle: bool = setting(False, "Allow non-safetensors weights (pickle can run code)", panel="Run")
     trust_remote_code: bool = setting(False, "Run model code shipped with a hub model", panel="Run")
+    report_to: str | list[str] = setting(
+        None, "Also log metrics, settings and results to experiment trackers: tensorboard, mlflow or both "
+        "(tensorboard,mlflow); none by default", panel="Run", factory=list)
     lora: LoraSettings = setting(None, "LoRA settings", factory=LoraSettings)
 
     def __post_init__(self) -> None:
         _validate(self, "")
+        object.__setattr__(self, "report_to", tracker_names(self.report_to))
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,7 +123,7 @@ class TrainConfig:
 # Settings `--resume` may change: how long to train, how often to look, where. Anything else would make the
 # resumed run a different run than the one its checkpoints and data split belong to.
 RESUMABLE = ("max_steps", "epochs", "eval_every", "save_every", "keep_checkpoints", "patience", "device",
-             "threads", "guard_stop", "gradient_checkpointing")
+             "threads", "guard_stop", "gradient_checkpointing", "report_to")
 
 # Names users bring from other tools, mapped to ours for the "did you mean" hint.
 ALIASES = {
@@ -151,10 +159,27 @@ def _range_problems(c: Any) -> list[str]:
         (lambda: c.patience is None or c.patience >= 1, "patience must be >= 1"),
         (lambda: c.threads is None or c.threads >= 1, "threads must be >= 1"),
         (lambda: bool(DEVICE.match(c.device)), f"device '{c.device}' is not one of auto, cpu, cuda, cuda:N, mps"),
+        (lambda: not _unknown_trackers(c.report_to),
+         f"report_to: unknown tracker {', '.join(_unknown_trackers(c.report_to))}; choose from "
+         f"{', '.join(TRACKERS)} (or none)"),
         (lambda: c.quantize == "none" or c.method == "lora",
          f"quantize {c.quantize} needs method lora: a quantized base is frozen, and full fine-tuning trains it"),
     ]
     return _failed(checks)
+
+
+def tracker_names(value: str | list[str]) -> list[str]:
+    """`report_to` as a list of names: 'tensorboard,mlflow' or a YAML list; 'none' (or nothing) is none."""
+    names = value.split(",") if isinstance(value, str) else value
+    out: list[str] = []
+    for name in (str(n).strip().lower() for n in names):
+        if name and name != "none" and name not in out:
+            out.append(name)
+    return out
+
+
+def _unknown_trackers(value: Any) -> list[str]:
+    return [n for n in tracker_names(value) if n not in TRACKERS] if isinstance(value, (str, list)) else []
 
 
 def _failed(checks: list[tuple[Any, str]]) -> list[str]:

@@ -5,12 +5,13 @@ RUN/
   manifest.json        base model (name, kind, absolute path, content fingerprint), data hashes, chat
                        template, versions, schedule, the planner's estimate, and the result once exported
   metrics.jsonl        one JSON line per step and per evaluation (step 0: the base model's scores)
-  data/train.jsonl     the exact split training used (chat messages)
+  data/train.jsonl     the exact split training used (chat messages; documents for the text format)
   data/eval.jsonl
   checkpoints/         step-NNNNNN/ folders and `latest` / `best` pointers (format: tunesmith.train.checkpoint)
   adapter/             LoRA output: a PEFT adapter (adapter_config.json + adapter_model.safetensors)
   model/               full fine-tune output: a complete model folder
   eval/                `tunesmith eval`'s report
+  tensorboard/, mlflow/  experiment trackers' files, with --report-to (format: tunesmith.track)
 
 A run knows its base model by identity, not by the name typed at training time: the manifest records the
 absolute path (or the built-in / hub name) and a fingerprint of the weights, and every reader resolves the
@@ -270,6 +271,6 @@ def _write_jsonl(path: Path, rows: Sequence[Example]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row.record(), ensure_ascii=False) + "\n")  # messages, and tools if any
+        for row in rows:  # a chat example (with its tools, if any) or a document (the `text` format)
+            f.write(json.dumps(row.record(), ensure_ascii=False) + "\n")
     os.replace(tmp, path)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
 import typer
 
 from tunesmith import __version__
-from tunesmith.cli import data, evaluate, plan, serve, train
+from tunesmith.cli import data, evaluate, export, plan, run, serve, train
 from tunesmith.cli.common import console_err, fail
 from tunesmith.errors import TunesmithError
 
@@ -36,7 +37,7 @@ def _root(
 
 
 app.add_typer(data.app, name="data")
-for module in (plan, train, evaluate, serve):
+for module in (run, plan, train, evaluate, serve, export):
     module.register(app)
 
 
@@ -46,7 +47,10 @@ def main() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if sys.argv[1:2] == ["train"]:
+    # bitsandbytes (imported by peft) looks for optional CPU kernels on the hub and warns when there are none;
+    # its own kernels work, so there is nothing for the user to act on.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    if sys.argv[1:2] in (["train"], ["run"]):
         from tunesmith.train.allocator import reexec_under_mimalloc
 
         reexec_under_mimalloc(sys.argv[1:])

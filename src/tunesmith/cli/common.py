@@ -13,6 +13,10 @@ from tunesmith.errors import TunesmithError
 console = Console()
 console_err = Console(stderr=True)
 
+DATA_HELP = "JSONL, JSON, CSV, Parquet, Arrow, a `datasets` folder, a hub id, or .txt/.md documents (a file or folder)."
+FORMAT_HELP = "auto | prompt_completion | chat | alpaca | sharegpt | chat_prompt_completion | text."
+COLUMNS_HELP = "Other column names, KEY=COLUMN: prompt=question,completion=answer."
+
 
 def fail(e: TunesmithError) -> NoReturn:
     """Print a user-facing error (one line, or the first 20 problems of a dataset) and exit."""
@@ -27,12 +31,8 @@ def fail(e: TunesmithError) -> NoReturn:
 
 def quiet_libraries() -> None:
     """Silence transformers' own progress bars and advisory warnings (call after heavy imports are allowed)."""
-    import logging
     import warnings
 
-    # bitsandbytes (imported by peft) looks for optional CPU kernels on the hub and warns when it finds none;
-    # its own kernels work, so the user has nothing to act on.
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     import transformers
 
     # Deprecation chatter between transformers and peft is for their developers, not our users.

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from tunesmith.cli.common import console, quiet_libraries
+from tunesmith.cli.common import COLUMNS_HELP, DATA_HELP, FORMAT_HELP, console, quiet_libraries
 from tunesmith.errors import DataError
 
 if TYPE_CHECKING:
@@ -20,7 +20,6 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Check and prepare datasets.", no_args_is_help=True)
 
-FORMAT_HELP = "auto | prompt_completion | chat | alpaca."
 MODEL_HELP = "Tokenizer and chat template to measure with: built-in name, local folder or hub id."
 SHOWN = 5  # locations listed per finding; the counts cover everything
 EXIT_PROBLEMS = 1  # `data check` exit code when the verdict is "problems" (invalid data exits 2)
@@ -28,22 +27,21 @@ EXIT_PROBLEMS = 1  # `data check` exit code when the verdict is "problems" (inva
 
 @app.command("check")
 def check(
-    file: Path = typer.Argument(..., help="Dataset: JSONL, a JSON array, or CSV with a header row."),
+    file: str = typer.Argument(..., help=f"Dataset: {DATA_HELP}"),
     fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
+    columns: str = typer.Option(None, "--columns", help=COLUMNS_HELP),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
     max_length: int = typer.Option(1024, "--max-length", min=1, help="Tokens per example before truncation."),
-    eval_file: Path | None = typer.Option(None, "--eval", help="An eval set to check for leakage from FILE."),
+    eval_file: str | None = typer.Option(None, "--eval", help="An eval set to check for leakage from FILE."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of a table."),
 ) -> None:
     """Validate a dataset and report on its quality. Exit 2: invalid data; 1: the verdict is 'problems'."""
-    from tunesmith.data.quality import build_report
-    from tunesmith.model.loading import load_tokenizer
+    from tunesmith.api import check_data
 
-    data = _load(file, fmt, as_json)
-    eval_data = _load(eval_file, fmt, as_json) if eval_file is not None else None
+    data = _load(file, fmt, columns, as_json)
+    eval_data = _load(eval_file, fmt, columns, as_json) if eval_file is not None else None
     quiet_libraries()
-    tokenizer = load_tokenizer(model)
-    report = build_report(data, tokenizer, max_length, eval_data)
+    report = check_data(data, model=model, max_length=max_length, eval_data=eval_data)
     if as_json:
         typer.echo(json.dumps({"valid": True, "model": model, **report.to_dict()}, indent=2, ensure_ascii=False))
     else:
@@ -54,26 +52,24 @@ def check(
 
 @app.command("prepare")
 def prepare(
-    file: Path = typer.Argument(..., help="Dataset: JSONL, a JSON array, or CSV with a header row."),
+    file: str = typer.Argument(..., help=f"Dataset: {DATA_HELP}"),
     out: Path = typer.Option(..., "--out", "-o", help="Folder for train.jsonl, eval.jsonl and report.json."),
     eval_fraction: float = typer.Option(0.1, "--eval-fraction", help="Share held out for eval (0 = none)."),
     seed: int = typer.Option(0, "--seed", help="Decides the split; same seed, same files."),
     dedup: bool = typer.Option(True, "--dedup/--no-dedup", help="Drop exact and near duplicates."),
     fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
+    columns: str = typer.Option(None, "--columns", help=COLUMNS_HELP),
     model: str = typer.Option("smollm2-135m", "--model", "-m", help=MODEL_HELP),
     max_length: int = typer.Option(1024, "--max-length", min=1, help="Tokens per example, for the report."),
     force: bool = typer.Option(False, "--force", help="Overwrite the outputs in a non-empty --out folder."),
 ) -> None:
-    """Write a deduplicated, seeded train/eval split (chat JSONL) and report.json; FILE is left untouched."""
-    from tunesmith.data.prepare import PrepareConfig
-    from tunesmith.data.prepare import prepare as run_prepare
-    from tunesmith.model.loading import load_tokenizer
+    """Write a deduplicated, seeded train/eval split (chat JSONL; text JSONL for documents) and report.json."""
+    from tunesmith.api import PrepareConfig, prepare_data
 
-    data = _load(file, fmt, as_json=False)
+    data = _load(file, fmt, columns, as_json=False)
     quiet_libraries()
-    tokenizer = load_tokenizer(model)
     config = PrepareConfig(eval_fraction=eval_fraction, seed=seed, dedup=dedup, max_length=max_length, force=force)
-    result = run_prepare(data, out, config, tokenizer)
+    result = prepare_data(data, out, config, model=model)
     exact = sum(1 for r in result.removed if r.reason == "exact duplicate")
     console.print(f"[bold]{data.path}[/]: {len(data.examples)} examples ({data.format})", highlight=False)
     console.print(f"  removed   {exact} exact and {len(result.removed) - exact} near duplicates"
@@ -87,12 +83,12 @@ def prepare(
     _print_verdict(result.report["quality"]["verdict"])
 
 
-def _load(file: Path, fmt: str, as_json: bool) -> Dataset:
+def _load(file: str, fmt: str, columns: str | None, as_json: bool) -> Dataset:
     """Load and validate; with --json, invalid data is reported as JSON on stdout (exit 2 either way)."""
-    from tunesmith.data.formats import load_dataset
+    from tunesmith.api import load_data
 
     try:
-        return load_dataset(file, fmt)  # type: ignore[arg-type]  # an unknown format is a ConfigError
+        return load_data(file, fmt, columns)
     except DataError as e:
         if not as_json:
             raise
@@ -104,14 +100,22 @@ def _load(file: Path, fmt: str, as_json: bool) -> Dataset:
 def _print_report(r: Report, model: str) -> None:
     from rich.table import Table
 
-    t = Table(title=f"{r.path}  ·  {r.format}  ·  {r.count} examples", title_justify="left", show_header=False)
+    text = r.format == "text"  # documents: no turns, replies or conflicts
+    noun = "documents" if text else "examples"
+    t = Table(title=f"{r.path}  ·  {r.format}  ·  {r.count} {noun}", title_justify="left", show_header=False)
     t.add_column(style="bold")
     t.add_column()
-    t.add_row("examples", _mark(r.count >= r.advised_min, f"{r.count} (advised: a few hundred, {r.advised_min}+)"))
-    t.add_row("multi-turn / with system", f"{r.multi_turn} / {r.with_system}")
+    if text:
+        t.add_row("documents", f"{r.count}")
+    else:
+        t.add_row("examples", _mark(r.count >= r.advised_min, f"{r.count} (advised: a few hundred, {r.advised_min}+)"))
+        t.add_row("multi-turn / with system", f"{r.multi_turn} / {r.with_system}")
+    if r.ignored_columns:
+        t.add_row("ignored columns", ", ".join(r.ignored_columns))
     t.add_row("exact duplicates", _groups(r.exact_duplicates))
     t.add_row("near duplicates", _groups(r.near_duplicates))
-    t.add_row("conflicting completions", _groups([c["sources"] for c in r.conflicts]))
+    if not text:
+        t.add_row("conflicting completions", _groups([c["sources"] for c in r.conflicts]))
     if r.tools is not None:
         _tool_rows(t, r.tools)
     if r.tokens is not None:
@@ -128,6 +132,10 @@ def _token_rows(t: Table, r: Report, model: str) -> None:
     s = r.tokens
     assert s is not None
     t.add_row(f"tokens ({model})", f"min {s.min} · p50 {s.p50} · p95 {s.p95} · max {s.max} · mean {s.mean:g}")
+    if r.format == "text":
+        t.add_row("trained tokens", f"all {s.total}, packed into rows of {s.max_length}")
+        t.add_row(f"longer than {s.max_length}", f"{s.split} documents, trained in pieces (nothing is cut off)")
+        return
     t.add_row("supervised tokens", f"{s.supervised} of {s.total}")
     lost = f"{s.truncated} examples, {s.supervised_lost} supervised tokens lost"
     if s.emptied:

@@ -43,16 +43,19 @@ def register(app: typer.Typer) -> None:
                                      "4bit or 8bit."),
         threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (1 is fastest on a busy CPU)."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
+        report_to: str | None = typer.Option(None, "--report-to", help="Also log the verdict, deltas and report "
+                                             "files to tensorboard, mlflow or both (a run's own trackers)."),
     ) -> None:
         """Compare a fine-tuned model with its base. Exit 0: pass or warn; 1: fail; 2: bad input."""
-        from tunesmith.evaluate.guard import parse_thresholds
         from tunesmith.evaluate.runner import EvalOptions, gather_tasks, out_dir, run_dir_of
+        from tunesmith.evaluate.verdict import parse_thresholds
 
         opts = EvalOptions(
             target=target, adapter=adapter, base=base, data=data, suite=suite, keep=tuple(keep or ()), out=out,
             thresholds=parse_thresholds(thresholds), limit=limit, device=device, quantize=quantize,
         )
         gather_tasks(opts)  # a bad --suite or --keep file fails here, before any model loads
+        trackers = _trackers(report_to)
         if threads is not None:
             import torch
 
@@ -60,13 +63,43 @@ def register(app: typer.Typer) -> None:
         report = _run(opts, quiet=as_json)
         from tunesmith.evaluate.report import write
 
-        paths = write(report, out_dir(opts, report["tuned"]["label"]), run_dir_of(opts))
+        out = out_dir(opts, report["tuned"]["label"])
+        paths = write(report, out, run_dir_of(opts))
+        tracked = _track(trackers, report, paths, opts, out)
         if as_json:
             typer.echo(json.dumps(report, indent=2, ensure_ascii=False))
         else:
             _print(report, paths["html"])
+            for line in tracked:
+                console.print(f"tracked: {line}", highlight=False, soft_wrap=True)
         if report["verdict"] == "fail":
             raise typer.Exit(EXIT_FAIL)
+
+
+def _trackers(report_to: str | None) -> list[str]:
+    """--report-to as tracker names, checked (names, installed extras) before any model loads."""
+    from tunesmith.config import TRACKERS, tracker_names
+    from tunesmith.errors import ConfigError
+    from tunesmith.track import require
+
+    names = tracker_names(report_to or "")
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise ConfigError(f"--report-to: unknown tracker {', '.join(unknown)}; choose from {', '.join(TRACKERS)}")
+    require(names)
+    return names
+
+
+def _track(names: list[str], report: dict[str, Any], paths: dict[str, Any], opts: Any, out: Any) -> list[str]:
+    from pathlib import Path
+
+    from tunesmith.evaluate.runner import run_of
+    from tunesmith.track import log_evaluation
+
+    if not names:
+        return []
+    files = [*paths.values(), *(Path(out) / f for f in report.get("figures", []))]
+    return log_evaluation(names, report, files, run=run_of(opts), out=Path(out))
 
 
 def _run(opts: Any, quiet: bool) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
-from tunesmith.cli.common import console, quiet_libraries
+from tunesmith.cli.common import COLUMNS_HELP, DATA_HELP, FORMAT_HELP, console, quiet_libraries
 from tunesmith.cli.options import RUN, config_file_option, config_options, keyword, settings_from, with_signature
 from tunesmith.errors import ConfigError
 
@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     from tunesmith.plan import Plan
 
 DEFAULT_MODEL = "smollm2-135m"
-FORMAT_HELP = "auto | prompt_completion | chat | alpaca."
 EXIT_DOES_NOT_FIT = 1  # `plan`: not even the smallest configuration fits the memory available
 PARTS = {  # memory parts, in the order of the table, with what each holds
     "framework": "Python, torch, transformers",
@@ -43,13 +42,13 @@ def register(app: typer.Typer) -> None:
     app.command("advise")(advise_command)
 
 
-def plan_command(*, config_file: Path | None = None, data: Path | None = None, gpu_memory: float | None = None,
+def plan_command(*, config_file: Path | None = None, data: str | None = None, gpu_memory: float | None = None,
                  gpus: int = 1, calibrate: bool = True, as_json: bool = False, **settings: Any) -> None:
     """What a fine-tune will cost: memory by part, output size, tokens, time; and the configurations that fit."""
     from tunesmith.api import load_train_config, plan
 
     quiet_libraries()
-    config = load_train_config(config_file, data=str(data) if data is not None else None, **settings_from(settings))
+    config = load_train_config(config_file, data=data, **settings_from(settings))
     result = plan(config, gpu_memory_gb=gpu_memory, world=gpus, calibrate=calibrate)
     if as_json:
         typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -61,8 +60,8 @@ def plan_command(*, config_file: Path | None = None, data: Path | None = None, g
 
 with_signature(plan_command, [
     config_file_option(),
-    keyword("data", Path | None, typer.Option(None, "--data", help="Dataset whose tokens to count (JSONL, JSON, "
-                                                                 "CSV, ...).", rich_help_panel=RUN)),
+    keyword("data", str | None, typer.Option(None, "--data", help=f"Dataset whose tokens to count: {DATA_HELP}",
+                                             rich_help_panel=RUN)),
     keyword("gpu_memory", float | None, typer.Option(None, "--gpu-memory", help="Memory of one GPU in GB (GiB) to "
                                                      "plan for, with --device cuda.", rich_help_panel=RUN)),
     keyword("gpus", int, typer.Option(1, "--gpus", min=1, help="Processes under torchrun the run will use.",
@@ -144,8 +143,9 @@ def _duration(seconds: float) -> str:
 
 
 def advise_command(
-    data: Path = typer.Option(None, "--data", help="Dataset to inspect (JSONL, JSON or CSV)."),
+    data: str = typer.Option(None, "--data", help=f"Dataset to inspect: {DATA_HELP}"),
     fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
+    columns: str = typer.Option(None, "--columns", help=COLUMNS_HELP),
     knowledge_changes: bool = typer.Option(None, "--knowledge-changes/--no-knowledge-changes",
                                            help="External, proprietary or changing knowledge?", show_default=False),
     style: bool = typer.Option(None, "--style/--no-style", help="A style, tone or persona?", show_default=False),
@@ -166,7 +166,10 @@ def advise_command(
 
     if baseline and data is None:
         raise ConfigError("--baseline needs --data FILE: the few-shot prompt and the eval examples come from it")
-    examples = load_examples(data, fmt) if data is not None else None  # type: ignore[arg-type]
+    examples = load_examples(data, fmt, columns) if data is not None else None  # type: ignore[arg-type]
+    if examples and examples[0].text is not None:
+        raise ConfigError(f"--data {data}: documents (text) have no prompts and replies to weigh; advise reads "
+                          "chat or prompt/completion examples (for knowledge from documents see docs/documents.md)")
     evidence = evidence_from(examples) if examples else None
     answers = Answers(knowledge_changes, style, new_skill, in_input)
     if interactive():

@@ -1,6 +1,7 @@
-"""Read a dataset file into canonical chat examples, collecting every problem with its location.
+"""Read a dataset into canonical examples, collecting every problem with its location.
 
-Containers: a JSON array, JSONL (one object per line), or CSV with a header row.
+Containers: a JSON array, JSONL (one object per line), or CSV with a header row, read here; Parquet, Arrow,
+`datasets` folders, hub ids and plain-text documents, read in `readers`.
 Record formats, auto-detected by keys or named by the user:
 - `prompt_completion`: {"prompt", "completion"} -> [user, assistant]
 - `alpaca`: {"instruction", "input" (optional), "output"} -> user = instruction (+ blank line + input)
@@ -8,9 +9,12 @@ Record formats, auto-detected by keys or named by the user:
   user/assistant alternating, ending with assistant). In CSV the `messages` cell holds that JSON list.
   With tool calling (OpenAI's fine-tuning shape: `tools`, `tool_calls`, role `tool`, `weight`, `name`; a
   first record holding only `tools` declares them for the whole file) see `tunesmith.data.tools`.
+- `sharegpt`, `chat_prompt_completion` (TRL's conversational prompt/completion) and `text` (a document for
+  language modelling): see `shapes`.
+`columns` renames keys first: `prompt=question` reads each record's `question` as its `prompt`.
 
 Locations: `file.jsonl:12` is a JSONL line, `file.json:[3]` a JSON array index (0-based), `file.csv:5` a CSV
-line (the header is line 1). The input file is only ever read.
+line (the header is line 1), `file.parquet:row 3` a table row (0-based). The input is only ever read.
 """
 
 from __future__ import annotations
@@ -19,30 +23,43 @@ import csv
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from tunesmith.data import readers, shapes
 from tunesmith.data import tools as tool_data
-from tunesmith.data.validate import FORMAT_KEYS, detect_format, json_type, to_messages
+from tunesmith.data.readers import Record as _Record
+from tunesmith.data.readers import file_sha256 as file_sha256  # the one content hash, for manifests and reports
+from tunesmith.data.validate import json_type
 from tunesmith.errors import ConfigError, DataError
 
-Format = Literal["auto", "prompt_completion", "chat", "alpaca"]
-RecordFormat = Literal["prompt_completion", "chat", "alpaca"]
+Format = Literal["auto", "prompt_completion", "chat", "alpaca", "sharegpt", "chat_prompt_completion", "text"]
+RecordFormat = Literal["prompt_completion", "chat", "alpaca", "sharegpt", "chat_prompt_completion", "text"]
 FORMATS: tuple[str, ...] = get_args(Format)
+Columns = str | Mapping[str, str] | None  # "prompt=question,completion=answer", or {"prompt": "question", ...}
 
 
 @dataclass(frozen=True)
 class Example:
-    """One training example in canonical chat form, and where it came from."""
+    """One training example in canonical chat form (or a document, for `text`), and where it came from."""
 
-    messages: list[dict[str, Any]]  # [{"role": "system"|"user"|"assistant"|"tool", "content": str, ...}, ...]
-    source: str  # "file.jsonl:12" (JSONL line / JSON array index / CSV line)
+    messages: list[dict[str, Any]]  # [{"role": "system"|"user"|"assistant"|"tool", "content": str, ...}]; [] for text
+    source: str  # "file.jsonl:12" (JSONL line / JSON array index / CSV line / table row / document path)
+    text: str | None = None  # a document for language modelling (the `text` format)
     tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions the conversation may call
     parallel_tool_calls: bool | None = None  # as the record said (False: one call per message at most)
 
+    @property
+    def content(self) -> list[dict[str, Any]] | str:
+        """What training encodes: the document's text, or the chat messages (rendered with `tools`)."""
+        return self.text if self.text is not None else self.messages
+
     def record(self) -> dict[str, Any]:
-        """The example as one chat record of a JSONL file (what `data prepare` and run folders write)."""
+        """The example as one JSONL record (what `data prepare` and run folders write): text, or chat."""
+        if self.text is not None:
+            return {"text": self.text}
         row: dict[str, Any] = {"messages": self.messages}
         if self.tools:
             row["tools"] = self.tools
@@ -58,47 +75,49 @@ class Dataset:
     path: str
     format: RecordFormat
     examples: list[Example]
+    sha256: str = ""  # content hash of what was read (see `readers.Source.sha256`)
+    ignored_columns: list[str] = field(default_factory=list)  # table columns the format does not use
 
 
-@dataclass(frozen=True)
-class _Record:
-    where: str  # "file:line"
-    value: Any  # parsed JSON value (a dict when well-formed)
-    error: str | None = None  # "field: message" when the record could not be parsed
-
-
-def file_sha256(path: str | Path) -> str:
-    """'sha256:<hex>' of a file's bytes (run manifests and prepare reports record their inputs by it)."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
-def load_examples(path: str | Path, fmt: Format = "auto") -> list[Example]:
+def load_examples(path: str | Path, fmt: Format = "auto", columns: Columns = None) -> list[Example]:
     """Every example of a file; raises `DataError` listing every problem as `file:line: field: msg`."""
-    return load_dataset(path, fmt).examples
+    return load_dataset(path, fmt, columns).examples
 
 
-def load_dataset(path: str | Path, fmt: Format = "auto") -> Dataset:
+def load_dataset(path: str | Path, fmt: Format = "auto", columns: Columns = None) -> Dataset:
     """Like `load_examples`, also telling which record format was read (auto-detected unless named)."""
     if fmt not in FORMATS:
         raise ConfigError(f"unknown dataset format '{fmt}': expected one of {', '.join(FORMATS)}")
+    mapping = parse_columns(columns)
     name = str(path)
-    records = _read_records(Path(path), name)
+    source = readers.read_source(name)
+    if source is not None and source.documents and fmt not in ("auto", "text"):
+        raise ConfigError(f"{name}: documents (.txt, .md) are read as text; --format {fmt} does not apply")
+    records = _rename(source.records if source is not None else _read_records(Path(path), name), mapping)
     records, file_tools = _file_tools(records)
     chosen: RecordFormat = _choose_format(records, name) if fmt == "auto" else fmt
+    ignored: list[str] = []
+    if source is not None and source.columns is not None:
+        records, ignored = _used_columns(records, source.columns, chosen, name, mapping)
+    if file_tools is not None and chosen not in shapes.TOOL_FORMATS:
+        raise DataError([f"{name}: tools: the first record declares tools, but {chosen} records cannot call "
+                         f"them; tools go with the {' or '.join(shapes.TOOL_FORMATS)} format"])
+    examples = _convert(records, chosen, detect=fmt == "auto", file_tools=file_tools)
+    sha256 = source.sha256 if source is not None else readers.file_sha256(Path(path))
+    return Dataset(path=name, format=chosen, examples=examples, sha256=sha256, ignored_columns=ignored)
+
+
+def _convert(
+    records: list[_Record], chosen: RecordFormat, *, detect: bool, file_tools: list[dict[str, Any]] | None
+) -> list[Example]:
     problems: list[str] = []
     examples: list[Example] = []
     for rec in records:
         if rec.error is not None:
             problems.append(f"{rec.where}: {rec.error}")
             continue
-        found = detect_format(rec.value) if isinstance(rec.value, dict) else None
-        if fmt == "auto" and found is not None and found != chosen:
+        found = shapes.detect(rec.value) if isinstance(rec.value, dict) else None
+        if detect and found is not None and found != chosen:
             problems.append(
                 f"{rec.where}: format: looks like {found} ({_keys(found)}) but the file is {chosen} "
                 f"({_keys(chosen)}); one file holds one format"
@@ -107,20 +126,80 @@ def load_dataset(path: str | Path, fmt: Format = "auto") -> Dataset:
         value = rec.value
         if file_tools is not None and isinstance(value, dict) and "tools" not in value and "functions" not in value:
             value = {**value, "tools": file_tools}  # the file-level set, for rows that declare none
-        messages, errs = to_messages(value, chosen)
+        content, errs = shapes.convert(value, chosen)
         problems += [f"{rec.where}: {e}" for e in errs]
-        if messages is not None and not errs:
-            extra = {"tools": tool_data.record_tools(value), "parallel_tool_calls": value.get("parallel_tool_calls")}
-            examples.append(Example(messages=messages, source=rec.where, **extra))
+        if isinstance(content, str) and not errs:
+            examples.append(Example(messages=[], source=rec.where, text=content))
+        elif content is not None and not errs:
+            parallel = value.get("parallel_tool_calls") if isinstance(value.get("parallel_tool_calls"), bool) else None
+            examples.append(Example(messages=content, source=rec.where, tools=shapes.record_tools(value, chosen),
+                                    parallel_tool_calls=parallel))
     if problems:
         raise DataError(problems)
-    return Dataset(path=name, format=chosen, examples=examples)
+    return examples
+
+
+def parse_columns(spec: Columns) -> dict[str, str]:
+    """`"prompt=question,completion=answer"` -> {"prompt": "question", "completion": "answer"} (key: column)."""
+    if not spec:
+        return {}
+    pairs: dict[str, str] = {}
+    if isinstance(spec, Mapping):
+        pairs = {str(k): str(v) for k, v in spec.items()}
+    else:
+        for item in spec.split(","):
+            key, eq, column = (part.strip() for part in item.partition("="))
+            if not eq or not key or not column:
+                raise ConfigError(f"--columns '{spec}': expected KEY=COLUMN pairs separated by commas, "
+                                  "e.g. prompt=question,completion=answer")
+            pairs[key] = column
+    for key in pairs:
+        if key not in shapes.COLUMN_KEYS:
+            raise ConfigError(f"--columns: '{key}' is not a key of any format; map columns to "
+                              f"{', '.join(shapes.COLUMN_KEYS)}")
+    if len(set(pairs.values())) != len(pairs):
+        raise ConfigError(f"--columns: one column is mapped to two keys in {spec}")
+    return pairs
+
+
+def _rename(records: list[_Record], mapping: dict[str, str]) -> list[_Record]:
+    """Each record with the mapped columns under their keys; a key the record has itself is replaced."""
+    if not mapping:
+        return records
+    back = {column: key for key, column in mapping.items()}
+    out = []
+    for rec in records:
+        if rec.error is None and isinstance(rec.value, dict):
+            kept = {k: v for k, v in rec.value.items() if k not in mapping or k in back}
+            rec = _Record(rec.where, {back.get(k, k): v for k, v in kept.items()})
+        out.append(rec)
+    return out
+
+
+def _used_columns(
+    records: list[_Record], columns: list[str], fmt: RecordFormat, name: str, mapping: dict[str, str]
+) -> tuple[list[_Record], list[str]]:
+    """A table's columns are its schema: a missing one is one problem, not one per row, and columns the
+    format does not use (ids, sources, scores) are left out instead of failing every row."""
+    back = {column: key for key, column in mapping.items()}
+    keys = [back.get(c, c) for c in columns if c in back or c not in mapping]
+    required, optional = shapes.keys(fmt)
+    missing = [k for k in required if k not in keys]
+    if missing:
+        hint = ",".join(f"{k}=COLUMN" for k in missing)
+        raise DataError([f"{name}: columns: no {' or '.join(missing)} column for the {fmt} format (columns: "
+                         f"{', '.join(columns)}); name the right one with --columns {hint}"])
+    keep = set(required + optional)
+    unused = [c for c in columns if back.get(c, c) not in keep]
+
+    def used(value: dict[str, Any]) -> dict[str, Any]:  # a null optional cell is an absent value
+        return {k: v for k, v in value.items() if k in keep and not (v is None and k in optional)}
+
+    return [_Record(r.where, used(r.value)) if isinstance(r.value, dict) else r for r in records], unused
 
 
 def _keys(fmt: str) -> str:
-    required, optional = FORMAT_KEYS[fmt]
-    order = ["messages", "prompt", "completion", "instruction", "input", "output"]
-    return "/".join(sorted((k for k in required + optional if k in order), key=order.index))
+    return shapes.keys_of(fmt)
 
 
 def _file_tools(records: list[_Record]) -> tuple[list[_Record], list[dict[str, Any]] | None]:
@@ -142,7 +221,7 @@ def _file_tools(records: list[_Record]) -> tuple[list[_Record], list[dict[str, A
 def _choose_format(records: list[_Record], name: str) -> RecordFormat:
     """The most common detected format (ties: the first seen); an error when no record is recognisable."""
     parsed = [r for r in records if r.error is None]
-    seen = [f for r in parsed if isinstance(r.value, dict) and (f := detect_format(r.value))]
+    seen = [f for r in parsed if isinstance(r.value, dict) and (f := shapes.detect(r.value))]
     if not seen:
         if not parsed:
             raise DataError([f"{r.where}: {r.error}" for r in records])
@@ -150,7 +229,8 @@ def _choose_format(records: list[_Record], name: str) -> RecordFormat:
         shown = sorted(first.value) if isinstance(first.value, dict) else json_type(first.value)
         raise DataError(
             [f"{first.where}: format: cannot tell the format from {shown}; expected keys "
-             "prompt/completion, messages, or instruction/input/output (or pass --format)"]
+             "prompt/completion, messages, conversations, instruction/input/output or text (or pass --format; "
+             "--columns maps other column names)"]
         )
     counts = Counter(seen)
     best = max(counts.values())
@@ -160,8 +240,6 @@ def _choose_format(records: list[_Record], name: str) -> RecordFormat:
 def _read_records(path: Path, name: str) -> list[_Record]:
     if not path.exists():
         raise DataError([f"{name}: file not found"])
-    if path.is_dir():
-        raise DataError([f"{name}: is a directory; expected a .jsonl, .json or .csv file"])
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]  # a UTF-8 byte-order mark, as some editors write

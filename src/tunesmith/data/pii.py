@@ -60,6 +60,8 @@ def scan(examples: Sequence[Example]) -> list[Hit]:
     """Every match of every pattern in every message, in file order."""
     hits: list[Hit] = []
     for ex in examples:
+        if ex.text is not None:
+            hits += scan_text(ex.text, ex.source, "text")
         for i, m in enumerate(ex.messages):
             hits += scan_text(m["content"], ex.source, f"messages[{i}].content")
     return hits

@@ -1,6 +1,7 @@
 """Clean, deduplicate and split a dataset into `train.jsonl` / `eval.jsonl` plus `report.json`.
 
-Output is chat `messages` JSONL whatever the input format, so every later step reads one shape. The split
+Output is chat `messages` JSONL whatever the input format, so every later step reads one shape; documents
+(the `text` format) stay `{"text": ...}` JSONL. The split
 is by prompt: examples that share a prompt (or nearly duplicate each other) land on the same side, so the
 eval split never asks what training already answered. Same input, settings and seed -> byte-identical files.
 The input file is only read.
@@ -129,9 +130,10 @@ def prepare(
     report = {
         "tunesmith_version": __version__,
         "input": {"path": data.path, "format": data.format, "count": len(data.examples),
-                  "sha256": file_sha256(Path(data.path))},
+                  "sha256": data.sha256 or file_sha256(data.path)},
         "settings": {"eval_fraction": config.eval_fraction, "seed": config.seed, "dedup": config.dedup},
-        "output": {"format": "chat", "train": _file_entry(folder / "train.jsonl", train),
+        "output": {"format": "text" if data.format == "text" else "chat",
+                   "train": _file_entry(folder / "train.jsonl", train),
                    "eval": _file_entry(folder / "eval.jsonl", evals) if evals else None},
         "removed": [asdict(r) for r in removed],
         "split": {"train": [e.source for e in train], "eval": [e.source for e in evals]},

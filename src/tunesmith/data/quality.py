@@ -3,19 +3,21 @@
 `build_report` is a pure function of the examples (and optionally a tokenizer and an eval set); it returns
 a `Report` whose `verdict` is "ok", "warnings" or "problems" with one reason per finding. Problems are what
 would make training or evaluation wrong (secrets the model could repeat, eval examples the model trains
-on, prompts that do not round-trip through the template); warnings are worth a look.
+on, prompts that do not round-trip through the template); warnings are worth a look. A `text` dataset is
+documents: no roles, replies or conflicts, every token trained on, and a document longer than max_length
+split into pieces rather than truncated.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from tunesmith.data import pii, similarity
 from tunesmith.data.formats import Dataset, Example
-from tunesmith.data.tokenize import encode
+from tunesmith.data.tokenize import encode, encode_text
 from tunesmith.data.tools import iter_calls, parse_arguments
 
 if TYPE_CHECKING:
@@ -40,6 +42,7 @@ class TokenStats:
     supervised_lost: int  # supervised tokens cut off by truncation
     emptied: list[str]  # examples that lose every supervised token (they teach nothing)
     roundtrip_failures: list[str]  # examples whose training tokens differ from what inference feeds
+    split: int = 0  # documents longer than max_length, trained as consecutive pieces (nothing lost)
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,7 @@ class Report:
     tokens: TokenStats | None = None
     leakage: Leakage | None = None
     tools: ToolStats | None = None  # when some example declares tools
+    ignored_columns: list[str] = field(default_factory=list)  # table columns the format does not use
 
     @property
     def verdict(self) -> Verdict:
@@ -113,9 +117,9 @@ def build_report(
         path=data.path,
         format=data.format,
         count=len(ex),
-        advised_min=ADVISED_MIN,
-        multi_turn=sum(1 for e in ex if sum(m["role"] == "user" for m in e.messages) > 1),
-        with_system=sum(1 for e in ex if e.messages[0]["role"] == "system"),
+        advised_min=0 if data.format == "text" else ADVISED_MIN,  # knowledge is not counted in documents
+        multi_turn=sum(1 for e in ex if sum(m["role"] == "user" for m in e.messages) > 1),  # tool turns aside
+        with_system=sum(1 for e in ex if e.messages and e.messages[0]["role"] == "system"),
         exact_duplicates=_sources(ex, similarity.exact_duplicates(ex)),
         near_duplicates=_sources(ex, similarity.near_duplicates(ex)),
         conflicts=[{"prompt": _excerpt(next(m["content"] for m in reversed(ex[g[0]].messages) if m["role"] == "user")),
@@ -124,6 +128,7 @@ def build_report(
         personal_data=[h for h in hits if h.kind == "pii"],
         tokens=token_stats(ex, tokenizer, max_length) if tokenizer is not None else None,
         leakage=leakage(ex, eval_data) if eval_data is not None else None,
+        ignored_columns=list(data.ignored_columns),
         tools=tool_stats(ex),
     )
 
@@ -161,6 +166,8 @@ def tool_stats(examples: Sequence[Example]) -> ToolStats | None:
 def token_stats(
     examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int
 ) -> TokenStats:
+    if any(e.text is not None for e in examples):
+        return _document_stats(examples, tokenizer, max_length)
     encoded = [encode(tokenizer, e.messages, max_length, tools=e.tools) for e in examples]
     pairs = list(zip(examples, encoded, strict=True))
     lengths = sorted(e.full_length for e in encoded)
@@ -178,6 +185,17 @@ def token_stats(
         emptied=[x.source for x, e in pairs if e.truncated and e.supervised == 0],
         roundtrip_failures=[x.source for x, e in pairs if not e.roundtrip_ok],
     )
+
+
+def _document_stats(examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase, max_length: int) -> TokenStats:
+    """Documents: every token is trained on; a long one is split into max_length pieces, none truncated."""
+    pieces = [encode_text(tokenizer, e.text or "", max_length) for e in examples]
+    lengths = sorted(sum(len(p.input_ids) for p in doc) for doc in pieces)
+    total = sum(lengths)
+    return TokenStats(max_length=max_length, min=lengths[0], p50=percentile(lengths, 50),
+                      p95=percentile(lengths, 95), max=lengths[-1], mean=round(total / len(lengths), 1),
+                      total=total, supervised=total, truncated=0, supervised_lost=0, emptied=[],
+                      roundtrip_failures=[], split=sum(1 for doc in pieces if len(doc) > 1))
 
 
 def percentile(sorted_values: Sequence[int], p: float) -> int:

@@ -3,7 +3,8 @@
 Texts are normalised (Unicode NFKC, lower case, punctuation and runs of space collapsed) before comparing.
 Near duplicates are found with MinHash LSH (datasketch) over character 5-grams, then confirmed with the
 exact Jaccard similarity of the 5-gram sets, so a reported pair really is that similar. System messages
-are left out of the compared text: a shared system prompt is by design, not duplication.
+are left out of the compared text: a shared system prompt is by design, not duplication. A document (the
+`text` format) is compared whole, and is its own "prompt": only copies of it group with it.
 """
 
 from __future__ import annotations
@@ -32,17 +33,21 @@ def normalise(text: str) -> str:
 
 
 def exact_key(ex: Example) -> str:
-    """Identity of an example: every message, verbatim."""
-    return json.dumps(ex.messages, ensure_ascii=False, sort_keys=True)
+    """Identity of an example: every message (or the document), verbatim."""
+    return json.dumps(ex.content, ensure_ascii=False, sort_keys=True)
 
 
 def prompt_key(ex: Example) -> str:
     """What the model is asked: every message before the last reply (system included), normalised."""
+    if ex.text is not None:
+        return "text\x1f" + normalise(ex.text)
     return "\x1e".join(f"{m['role']}\x1f{normalise(message_text(m))}" for m in ex.messages[:-1])
 
 
 def compared_text(ex: Example) -> str:
     """The normalised text near-duplicate detection compares (system messages left out)."""
+    if ex.text is not None:
+        return normalise(ex.text)
     return " ".join(normalise(message_text(m)) for m in ex.messages if m["role"] != "system")
 
 
@@ -55,7 +60,8 @@ def conflicts(examples: Sequence[Example]) -> list[list[int]]:
     """Groups of examples with the same prompt but different final replies (after normalising)."""
     replies: dict[str, dict[str, list[int]]] = defaultdict(dict)
     for i, ex in enumerate(examples):
-        replies[prompt_key(ex)].setdefault(normalise(message_text(ex.messages[-1])), []).append(i)
+        if ex.messages:  # a document has no reply to conflict
+            replies[prompt_key(ex)].setdefault(normalise(message_text(ex.messages[-1])), []).append(i)
     return [sorted(i for g in by_reply.values() for i in g) for by_reply in replies.values()
             if len(by_reply) > 1]
 

@@ -1,11 +1,14 @@
-"""Render examples with the tokenizer's chat template and build completion-only labels.
+"""Render examples with the tokenizer's chat template and build completion-only labels; encode documents.
 
-Every example is a list of chat messages (and, for tool calling, its tools). The text trained on is exactly
+A chat example is a list of chat messages (and, for tool calling, its tools). The text trained on is exactly
 the chat template's rendering, so what the model learns matches what inference feeds it
 (`add_generation_prompt=True`). Labels are set only on assistant turns (their tool calls included, never tool
 results; not on turns with `weight` 0), and each turn's end-of-turn token (EOS) is supervised so the model
 learns to stop. Tool conversations are rendered as `tool_template.template_view` says. Masks come from
 character spans mapped through the fast tokenizer's offsets: no guessing of token boundaries.
+
+A document (the `text` format) is plain text for language modelling: every token is a label, EOS ends it,
+and one longer than max_length is split into consecutive pieces, so nothing is cut off.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class Encoded:
     full_length: int  # tokens before truncation
     supervised_lost: int  # supervised tokens cut off by max_length
     roundtrip_ok: bool  # each assistant turn's prompt tokens equal what inference would feed
+    position_ids: list[int] | None = None  # packed rows: restart at 0 for each example (see train/batching.py)
 
     @property
     def truncated(self) -> bool:
@@ -117,6 +121,32 @@ def encode(
         lost = sum(1 for x in labels[max_length:] if x != IGNORE)
         ids, labels = ids[:max_length], labels[:max_length]
     return Encoded(ids, labels, full_length=n, supervised_lost=lost, roundtrip_ok=roundtrip)
+
+
+def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int | None = None) -> list[Encoded]:
+    """A document as pieces of at most `max_length` tokens, every token a label, EOS at the end.
+
+    The tokenizer adds its own special tokens (a BOS for models that start text with one), as in
+    pre-training. A last piece of one token is left out: nothing in its piece comes before it to predict it.
+    """
+    ids: list[int] = list(tokenizer(text)["input_ids"])
+    eos = tokenizer.eos_token_id
+    if eos is not None and (not ids or ids[-1] != eos):
+        ids.append(eos)
+    step = max_length or len(ids)
+    pieces = [ids[i : i + step] for i in range(0, len(ids), step)]
+    return [Encoded(p, list(p), full_length=len(p), supervised_lost=0, roundtrip_ok=True)
+            for p in pieces if len(p) > 1]
+
+
+def encode_row(
+    tokenizer: PreTrainedTokenizerBase, content: Sequence[Message] | str, max_length: int | None = None,
+    tools: Tools = None,
+) -> list[Encoded]:
+    """What training sees of one example: a chat example (with its tools) encoded, or a document's pieces."""
+    if isinstance(content, str):
+        return encode_text(tokenizer, content, max_length)
+    return [encode(tokenizer, content, max_length, tools=tools)]
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], tools: Tools = None) -> list[int]:

@@ -18,6 +18,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import IGNORE, Message, Tools, encode
+from tunesmith.model.loading import pad_token_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -85,7 +86,7 @@ def completion_nll(
         n = max(1, len(enc.input_ids) - max(first, 1))  # the first token has no prediction
         seqs.append((enc.input_ids, n))
         masks.append([x != IGNORE for x in enc.labels[len(enc.labels) - n :]])
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     out = []
     for scored, mask in zip(score_tails(model, seqs, int(pad or 0)), masks, strict=True):
         picked = [lp for lp, keep in zip(scored.logprobs, mask, strict=True) if keep]

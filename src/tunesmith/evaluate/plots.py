@@ -55,24 +55,34 @@ def curves(records: Sequence[dict[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
+def delta_points(rows: Sequence[dict[str, Any]]) -> list[tuple[str, float, float, float]]:
+    """(label, delta, low, high) per task, in the table's own units and signs (points, or % for perplexity)."""
+    out = []
+    for r in rows:
+        if r.get("delta") is None:
+            continue
+        unit = "% perplexity, lower is better" if r["relative"] else (
+            "pts, higher is better" if r["higher_is_better"] else "pts, lower is better")
+        out.append((f"{r['task']} ({unit})", 100 * r["delta"], 100 * r["ci"][0], 100 * r["ci"][1]))
+    return out
+
+
 def suite_deltas(rows: Sequence[dict[str, Any]]) -> bytes | None:
-    """One row per task: change with its interval, oriented so that right is better; threshold ticks."""
+    """One row per task: the change and its interval exactly as the table prints them, coloured by verdict."""
     from matplotlib.figure import Figure
 
-    rows = [r for r in rows if r.get("delta") is not None]
-    if not rows:
+    points = delta_points(rows)
+    if not points:
         return None
-    fig = Figure(figsize=(8, 0.45 * len(rows) + 1.2))
+    verdicts = [r["verdict"] for r in rows if r.get("delta") is not None]
+    fig = Figure(figsize=(8, 0.45 * len(points) + 1.2))
     ax = fig.subplots()
-    for y, r in enumerate(reversed(rows)):
-        sign = 100.0 if r["higher_is_better"] else -100.0
-        x = sign * r["delta"]
-        lo, hi = sorted((sign * r["ci"][0], sign * r["ci"][1]))
-        ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], fmt="o", color=COLORS[r["verdict"]], capsize=3)
-    labels = [f"{r['task']} ({'%' if r['relative'] else 'pts'})" for r in reversed(rows)]
-    ax.set_yticks(range(len(rows)), labels)
+    for y, ((_, x, lo, hi), verdict) in enumerate(zip(reversed(points), reversed(verdicts), strict=True)):
+        ax.errorbar(x, y, xerr=[[x - lo], [hi - x]], fmt="o", color=COLORS[verdict], capsize=3)
+        ax.annotate(f"{x:+.1f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_yticks(range(len(points)), [label for label, *_ in reversed(points)])
     ax.axvline(0, color="#888", lw=1)
-    ax.set(xlabel="change vs base (right = better): points, or % for perplexity", title="Suite: tuned vs base")
+    ax.set(xlabel="tuned - base (as in the table; colour = verdict)", title="Suite: tuned vs base")
     ax.grid(axis="x", alpha=0.3)
     return _png(fig)
 
@@ -90,10 +100,12 @@ def target_bars(metrics: Sequence[dict[str, Any]]) -> bytes | None:
     ax = fig.subplots()
     xs = range(len(shown))
     if any(m["base"] is not None for m in shown):
-        ax.bar([x - 0.2 for x in xs], [m["base"] or 0 for m in shown], width=0.4, label="base", color="#90a4ae")
-    ax.bar([x + 0.2 for x in xs], [m["tuned"] for m in shown], width=0.4, label="tuned", color="#1565c0")
-    ax.set_xticks(list(xs), [m["name"].replace("_", "\n", 1) for m in shown], fontsize=7)
-    ax.set(ylim=(0, 1), title="Target task")
+        bars = ax.bar([x - 0.2 for x in xs], [m["base"] or 0 for m in shown], width=0.4, label="base", color="#90a4ae")
+        ax.bar_label(bars, labels=[f"{100 * (m['base'] or 0):.1f}%" for m in shown], fontsize=8)
+    bars = ax.bar([x + 0.2 for x in xs], [m["tuned"] for m in shown], width=0.4, label="tuned", color="#1565c0")
+    ax.bar_label(bars, labels=[f"{100 * m['tuned']:.1f}%" for m in shown], fontsize=8)  # a 0 % bar still shows
+    ax.set_xticks(list(xs), [m["name"].replace("_", "\n", 1) for m in shown], fontsize=7)  # tool rates: many names
+    ax.set(ylim=(0, 1.1), title="Target task")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return _png(fig)

@@ -122,7 +122,7 @@ def _run_blocks(run: dict[str, Any]) -> list[Block]:
     out: list[Block] = []
     data = run.get("data")
     if isinstance(data, dict) and data:
-        rows = [[str(k), _clip(json.dumps(v) if not isinstance(v, str) else v, 200)] for k, v in data.items()]
+        rows = [[str(k).replace("_", " "), _clip(_plain(v), 200)] for k, v in data.items()]
         out += [("h2", "Training data"), ("table", ["field", "value"], rows)]
     quality = run.get("quality")
     if quality:
@@ -132,6 +132,15 @@ def _run_blocks(run: dict[str, Any]) -> list[Block]:
     if run.get("config"):
         out += [("h2", "Configuration"), ("pre", run["config"])]
     return out
+
+
+def _plain(value: Any) -> str:
+    """A manifest value for a table cell: nested fields as 'key: value' pairs, not JSON."""
+    if isinstance(value, dict):
+        return "; ".join(f"{str(k).replace('_', ' ')}: {_plain(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(_plain(v) for v in value)
+    return str(value)
 
 
 def to_markdown(doc: Sequence[Block]) -> str:

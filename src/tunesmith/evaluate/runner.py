@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.evaluate.guard import Thresholds, compare, overall
 from tunesmith.evaluate.suite import Task, TaskScores, load_keep, load_task, run_tasks, select
 from tunesmith.evaluate.target import TargetScores, compare_target, load_target_data, score_target
+from tunesmith.evaluate.verdict import Thresholds, compare, overall
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

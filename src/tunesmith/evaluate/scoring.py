@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import Message, render
+from tunesmith.model.loading import pad_token_id
 
 if TYPE_CHECKING:
     import torch
@@ -176,7 +177,7 @@ def greedy_match(
     for prompt, prefix, answer in items:
         head = chat_prefix(tokenizer, prompt) + (prefix + " " if prefix else "")
         seqs.append(tail_tokens(tokenizer, head, answer))
-    scored = score_tails(model, seqs, _pad_id(tokenizer))
+    scored = score_tails(model, seqs, pad_token_id(tokenizer))
     return [(all(s.top1), s.total) for s in scored]
 
 
@@ -190,7 +191,7 @@ def choose(
         for choice in choices:
             seqs.append(tail_tokens(tokenizer, head, choice))
             owners.append((k, len(choice)))
-    scored = score_tails(model, seqs, _pad_id(tokenizer))
+    scored = score_tails(model, seqs, pad_token_id(tokenizer))
     best: dict[int, tuple[float, int]] = {}
     counter: dict[int, int] = {}
     for (k, chars), s in zip(owners, scored, strict=True):
@@ -210,7 +211,7 @@ def text_nll(
     for text in texts:
         ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         seqs.append((ids, len(ids) - 1))
-    scored = score_tails(model, seqs, _pad_id(tokenizer))
+    scored = score_tails(model, seqs, pad_token_id(tokenizer))
     return [(-s.total, len(s.logprobs)) for s in scored]
 
 
@@ -236,7 +237,7 @@ def generate_ids(
 
     order = sorted(range(len(seqs)), key=lambda i: (budgets[i], len(seqs[i])))
     replies = [""] * len(seqs)
-    pad = _pad_id(tokenizer)
+    pad = pad_token_id(tokenizer)
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         inputs = _left_pad([seqs[i] for i in batch], pad, _device(model))
@@ -252,6 +253,3 @@ def generate_ids(
     return replies
 
 
-def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad or 0)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import Message
 from tunesmith.evaluate import tools as tool_task
-from tunesmith.evaluate.guard import Thresholds, paired_bootstrap
 from tunesmith.evaluate.metrics import completion_nll, text_scores
+from tunesmith.evaluate.verdict import Thresholds, paired_bootstrap
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -29,10 +29,12 @@ SHOWN = 5  # wins and regressions listed in the report
 
 def load_target_data(path: str, limit: int) -> list[Chat] | tool_task.ToolTask:
     """The first `limit` examples of a dataset file, as message lists ending with the reference reply; with
-    tools, a tool task instead (scored turn by turn, see `tunesmith.evaluate.tools`)."""
+    tools, a tool task instead (scored turn by turn, see `tunesmith.evaluate.tools`).
+
+    Documents (a `text` run's eval split) have no reply to compare, so they are not a target task."""
     from tunesmith.data.formats import load_examples
 
-    examples = load_examples(path)[: max(limit, 0)]
+    examples = [ex for ex in load_examples(path)[: max(limit, 0)] if ex.messages]
     return tool_task.task(examples) or [ex.messages for ex in examples]
 
 

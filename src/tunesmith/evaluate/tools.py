@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 from tunesmith.data.formats import Example
 from tunesmith.data.tool_template import Reply, parse_reply, syntax
 from tunesmith.data.tools import argument_errors, parse_arguments
-from tunesmith.evaluate.guard import Thresholds, paired_bootstrap
 from tunesmith.evaluate.metrics import completion_nll, text_scores
+from tunesmith.evaluate.verdict import Thresholds, paired_bootstrap
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase

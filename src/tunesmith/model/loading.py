@@ -137,7 +137,8 @@ def _convert_gguf(name: str, target: Path) -> None:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     source = gguf_file(name)
-    log.info("converting built-in model %s from %s (once)", name, source)
+    log.info("converting the built-in model %s from the GGUF file its package ships into %s (once; about 30 s)",
+             name, target)
     folder, file = str(source.parent), source.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
@@ -184,6 +185,14 @@ def load_tokenizer(model: str | ModelRef | None, *, trust_remote_code: bool = Fa
     return tok
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id to pad with: the pad token (`load_tokenizer` always sets one), else end-of-text, else 0."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0
+
+
 def load_model(
     model: str | ModelRef | None,
     *,
@@ -223,7 +232,31 @@ def load_model(
         net = AutoModelForCausalLM.from_pretrained(ref.path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"model '{ref.name}': cannot load weights: {_first_line(e)}") from None
-    return net if quantize != "none" else net.to(device)
+    if quantize == "none":
+        return net.to(device)
+    _settle_quantized(net)
+    return net
+
+
+def _settle_quantized(net: PreTrainedModel) -> None:
+    """Two fixes to a bitsandbytes model on CPU.
+
+    - Copy the weights quantization left as views of the memory-mapped checkpoint (embeddings, norms):
+      otherwise they keep the whole file mapped, and every page read while quantizing stays resident (on the
+      built-in model, 415 MB of fp32 weights that the 4-bit base no longer uses).
+    - Keep 4-bit layers out of bitsandbytes' CPU inference packing: the first forward in eval mode repacks
+      the weights for good, and from then on the backward pass silently skips the gradient through them
+      (its packed kernel has no autograd), which training after an evaluation would need.
+    """
+    import torch
+
+    with torch.no_grad():
+        for p in net.parameters():
+            if type(p).__name__ not in ("Params4bit", "Int8Params") and p.device.type == "cpu":
+                p.data = p.data.clone()
+    for module in net.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def quantization_config(quantize: str, compute_dtype: torch.dtype) -> Any:

@@ -12,6 +12,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tunesmith.errors import ModelError
 from tunesmith.model.adapters import resolve_target
@@ -32,6 +33,9 @@ class MergeResult:
     max_abs_diff: float  # largest |logit difference| between adapter-on-base and merged model on probes
     bytes: int
     base: str  # the full-precision base the adapter was merged into
+    trained_on: str = "none"  # the base precision the adapter trained on (4bit / 8bit for QLoRA)
+    quantized_diff: float | None = None  # |logit difference| merged vs adapter on the quantized base it trained on
+    quantized_agreement: float | None = None  # share of probe positions where both pick the same next token
 
 
 def merge(target: str | Path, out: str | Path, *, adapter: str | Path | None = None,
@@ -42,30 +46,50 @@ def merge(target: str | Path, out: str | Path, *, adapter: str | Path | None = N
 
     from tunesmith.data.tokenize import encode_prompt
 
-    t = resolve_target(target, adapter)
+    t = resolve_target(target, adapter)  # quantize "auto": how the adapter's run trained
     if t.adapter is None:
         raise ModelError(f"{target}: no LoRA adapter to merge (a full fine-tune is already a whole model)")
     out = Path(out)
     _check_out(out, force)
     tokenizer = load_tokenizer(t.model)
-    model = PeftModel.from_pretrained(load_model(t.model), str(t.adapter)).eval()
     probes = [torch.tensor([encode_prompt(tokenizer, p)]) for p in PROBES]
+    quantized = None
+    if t.quantize != "none":  # what the adapter saw in training, to report how far the merge moves from it
+        trained = PeftModel.from_pretrained(load_model(t.model, quantize=t.quantize), str(t.adapter)).eval()
+        with torch.no_grad():
+            quantized = [trained(input_ids=ids).logits for ids in probes]
+        del trained
+    model = PeftModel.from_pretrained(load_model(t.model), str(t.adapter)).eval()  # full precision
     with torch.no_grad():
         before = [model(input_ids=ids).logits for ids in probes]
         merged = model.merge_and_unload()
         after = [merged(input_ids=ids).logits for ids in probes]
-    diff = max(float((a - b).abs().max()) for a, b in zip(before, after, strict=True))
+    diff = _max_diff(before, after)
+    quantized_diff = _max_diff(quantized, after) if quantized is not None else None
+    agreement = _top1_agreement(quantized, after) if quantized is not None else None
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     provenance = {"kind": "merged", "from": str(target), "adapter": str(t.adapter), "base": t.model.name,
-                  "base_path": t.model.path, "max_abs_logit_diff": diff}
+                  "base_path": t.model.path, "max_abs_logit_diff": diff, "trained_on": t.quantize,
+                  "max_abs_logit_diff_vs_quantized_base": quantized_diff,
+                  "top1_agreement_vs_quantized_base": agreement}
     (tmp / MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
     shutil.rmtree(out, ignore_errors=True)
     os.replace(tmp, out)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    return MergeResult(out=out, max_abs_diff=diff, bytes=size, base=t.model.name)
+    return MergeResult(out=out, max_abs_diff=diff, bytes=size, base=t.model.name, trained_on=t.quantize,
+                       quantized_diff=quantized_diff, quantized_agreement=agreement)
+
+
+def _max_diff(a: list[Any], b: list[Any]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b, strict=True))
+
+
+def _top1_agreement(a: list[Any], b: list[Any]) -> float:
+    same = sum(int((x.argmax(-1) == y.argmax(-1)).sum()) for x, y in zip(a, b, strict=True))
+    return same / sum(x.shape[0] * x.shape[1] for x in a)
 
 
 def _check_out(out: Path, force: bool) -> None:

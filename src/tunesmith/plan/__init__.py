@@ -28,6 +28,7 @@ from tunesmith.plan.memory import (
     HEAD_CHUNK,
     HEAP_FACTOR,
     MIMALLOC_FACTOR,
+    MIMALLOC_PROCESS_BYTES,
     Allocator,
     Precision,
     Setup,
@@ -53,6 +54,7 @@ __all__ = [
     "HEAD_CHUNK",
     "HEAP_FACTOR",
     "MIMALLOC_FACTOR",
+    "MIMALLOC_PROCESS_BYTES",
     "Arch",
     "DataStats",
     "Option",
@@ -99,16 +101,18 @@ class DataStats:
 
 
 def data_stats(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> DataStats:
-    """Load and tokenize `config.data` exactly as training will (format, max_length)."""
-    from tunesmith.data.formats import load_examples
-    from tunesmith.data.tokenize import encode
+    """Load and tokenize `config.data` exactly as training will (format, columns, max_length; documents packed)."""
+    from tunesmith.data.formats import load_dataset
+    from tunesmith.train.batching import training_rows
 
-    examples = load_examples(config.data, config.format)
-    return DataStats.from_encoded([encode(tokenizer, ex.messages, config.max_length) for ex in examples])
+    data = load_dataset(config.data, config.format, config.columns)
+    rows, _ = training_rows(tokenizer, data.examples, config.max_length,
+                            packed=data.format == "text")
+    return DataStats.from_encoded(rows)
 
 
 def setup_for(config: TrainConfig, arch: Arch, device: str, world: int = 1, data: DataStats | None = None,
-              allocator: Allocator | None = None) -> Setup:
+              allocator: Allocator | None = None, process_bytes: int | None = None) -> Setup:
     """The costed shape of `config` as `tunesmith train` would run it on `device` with `world` ranks."""
     device = "cuda" if device.startswith("cuda") else "cpu"
     precision: Precision = "fp32" if device == "cpu" else ("bf16" if config.method == "lora" else "mixed")
@@ -119,7 +123,7 @@ def setup_for(config: TrainConfig, arch: Arch, device: str, world: int = 1, data
     sharded = config.distributed == "fsdp" and world > 1
     return Setup(config.method, config.batch_size, seq, per_row, precision, device, config.lora.r, targets,
                  config.lora.dropout, allocator or training_allocator(), config.grad_accum, quant,  # type: ignore[arg-type]
-                 config.gradient_checkpointing, world, sharded)
+                 config.gradient_checkpointing, world, sharded, process_bytes if device == "cpu" else None)
 
 
 @dataclass(frozen=True)
@@ -173,11 +177,16 @@ class Plan:
 
 
 def estimate(config: TrainConfig, *, device: str = "cpu", world: int = 1, gpu_memory_gb: float | None = None,
-             data: DataStats | None = None, calibrate_speed: bool = False, allocator: Allocator | None = None) -> Plan:
-    """Cost `config` as `tunesmith train` runs it on `device` (`world` ranks under torchrun)."""
+             data: DataStats | None = None, calibrate_speed: bool = False, allocator: Allocator | None = None,
+             process_bytes: int | None = None) -> Plan:
+    """Cost `config` as `tunesmith train` runs it on `device` (`world` ranks under torchrun).
+
+    `process_bytes`: the training process's own RSS before the model loads (the trainer passes it), instead of
+    the measured constant for a fresh process.
+    """
     _check(device, gpu_memory_gb)
     arch, ref = load_arch(config.model)
-    s = setup_for(config, arch, device, world, data, allocator)
+    s = setup_for(config, arch, device, world, data, allocator, process_bytes)
     trainable = lora_params(arch, config.lora.r, s.targets) if config.method == "lora" else arch.parameters
     parts = memory(arch, s)
     budget = _budget(s.device, gpu_memory_gb)
@@ -186,7 +195,7 @@ def estimate(config: TrainConfig, *, device: str = "cpu", world: int = 1, gpu_me
         mean = max(2, round(data.tokens / data.examples))
         timing = dataclasses.replace(s, seq_len=mean, targets_per_row=mean * data.targets / max(data.tokens, 1))
     rate, source, notes = _speed(config, ref, arch, timing, calibrate_speed)
-    found = options(arch, config, lambda c, n: setup_for(c, arch, device, n, data, allocator), budget) \
+    found = options(arch, config, lambda c, n: setup_for(c, arch, device, n, data, allocator, process_bytes), budget) \
         if budget is not None else []
     tokens = data.tokens if data else None
     return Plan(

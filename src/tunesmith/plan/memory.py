@@ -15,7 +15,8 @@ kv = kv_heads x head_dim, V vocabulary, N supervised targets in the batch, r LoR
   trainer's fused SwiGLU recomputes SiLU) and down_proj's input (3i), all fp32: (6h + 2q + 2kv + 3i) x 4.
   A frozen base saves less (no weight gradients: the norms keep their input, the MLP gate and up) but each
   adapter saves its input: with dropout, the mask and the dropped-out copy. With gradient checkpointing
-  only each layer's input (h) stays, plus one layer's activations while it is recomputed.
+  only each layer's input (h) stays, plus one layer's activations while it is recomputed and as much
+  again in the gradients flowing through it (measured: 350 MiB at 4 x 512 tokens, planned 337 MiB).
 - LM head: the trainer projects only the N supervised positions, 256 rows at a time, and keeps only the
   gradient for the hidden states (N x h); a chunk's fp32 logits and softmax gradient are 8 x 256 x V bytes.
 - autocast copies: under bf16 autocast each matmul keeps a bf16 copy of its fp32 weight for backward (the
@@ -23,7 +24,8 @@ kv = kv_heads x head_dim, V vocabulary, N supervised targets in the batch, r LoR
 - dequantization: a quantized layer is dequantized into a temporary for each matmul; the largest one.
 - sharding (FSDP over W ranks): every rank keeps 1/W of the weights, gradients and AdamW state, plus the
   layers being gathered (two: the current one and the prefetched next) and the root's own parameters
-  (embeddings, head, final norm), which stay gathered through the step.
+  (embeddings, head, final norm), which stay gathered through the step (and, for full fine-tuning, their
+  unsharded gradient until backward ends).
 - CPU allocator: `tunesmith train` runs under mimalloc when installed; its pages and segments cost 1.2x the
   activations in peak RSS. glibc serves requests under 32 MiB from heaps that fragment: 1.85x. Both
   measured with the trainer on the built-in model (batch 2-8, length 64-256).
@@ -46,7 +48,8 @@ Quant = Literal["none", "nf4", "int8"]
 Allocator = Literal["mimalloc", "system"]
 
 GIB = 1024**3
-CPU_PROCESS_BYTES = 480 * 1024**2  # RSS of python + torch + transformers + peft + tokenizer, measured
+CPU_PROCESS_BYTES = 480 * 1024**2  # RSS of python + torch + transformers + peft + tokenizer, measured (glibc)
+MIMALLOC_PROCESS_BYTES = 540 * 1024**2  # the same under mimalloc (its arenas), measured
 BNB_PROCESS_BYTES = 60 * 1024**2  # bitsandbytes' CPU library and its imports, measured
 CUDA_CONTEXT_BYTES = 600 * 1024**2  # CUDA context and kernels: outside max_memory_allocated
 HEAP_LIMIT = 32 * 1024**2  # glibc's largest mmap threshold: smaller tensors live in fragmenting heaps
@@ -126,6 +129,7 @@ class Setup:
     checkpointing: bool = False
     world: int = 1  # ranks (each runs its own micro-batch)
     sharded: bool = False  # FSDP: weights, gradients and optimizer state split over the ranks
+    process_bytes: int | None = None  # CPU: what the training process already holds, when it is measured
 
 
 def _weight_bytes(arch: Arch, s: Setup) -> tuple[float, float, float]:
@@ -148,17 +152,26 @@ def memory(arch: Arch, s: Setup) -> dict[str, int]:
                         mask_size=4 if s.device == "cpu" else 1)
     weights, layer_weights, root_weights = _weight_bytes(arch, s)
     share = 1 / s.world if s.sharded else 1.0
-    framework = CPU_PROCESS_BYTES + (BNB_PROCESS_BYTES if s.quant != "none" else 0) if s.device == "cpu" else 0
+    framework = 0
+    if s.device == "cpu":
+        process = s.process_bytes or (MIMALLOC_PROCESS_BYTES if s.allocator == "mimalloc" else CPU_PROCESS_BYTES)
+        framework = process + (BNB_PROCESS_BYTES if s.quant != "none" else 0)
     parts = dict.fromkeys(PARTS, 0)
     parts.update(framework=framework, weights=round(weights * share),
                  lora_weights=round(trainable * 4 * share) if s.method == "lora" else 0,
                  gradients=round(trainable * 4 * share), optimizer=round(trainable * 8 * share))
-    if s.sharded and s.world > 1:  # two layers gathered at a time, and the root's parameters for the whole step
-        parts["fsdp_gathered"] = round(2 * layer_weights + root_weights * (1 - share))
+    if s.sharded and s.world > 1:
+        # Gathered next to the shards: two layers at a time (the current one and the prefetched next) and the
+        # root's own parameters for the whole step; full fine-tuning also holds the root's unsharded fp32
+        # gradient until backward ends, and a layer's unsharded gradient while it is reduce-scattered.
+        grads = 0.0
+        if s.method == "full":
+            grads = 4 * ((arch.parameters - arch.layers * arch.layer_params) + 2 * arch.layer_params)
+        parts["fsdp_gathered"] = round(2 * layer_weights + root_weights + grads)
     per_layer = sum(t.bytes for t in terms)
-    if s.checkpointing:  # each layer keeps its input; one layer at a time is recomputed with everything
+    if s.checkpointing:  # each layer keeps its input; one layer at a time is recomputed, and its gradients flow
         stream = 2 if s.precision in ("half", "bf16") else 4
-        saved = {"activations": tokens * (arch.layers * arch.hidden * stream + per_layer), "lora_activations": 0}
+        saved = {"activations": tokens * (arch.layers * arch.hidden * stream + 2 * per_layer), "lora_activations": 0}
     else:
         saved = {part: tokens * arch.layers * sum(t.bytes for t in terms if t.part == part)
                  for part in ("activations", "lora_activations")}

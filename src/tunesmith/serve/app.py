@@ -69,6 +69,11 @@ class ServeConfig:
     adapter_root: Path | None = None  # the only folder adapters may be loaded from at run time
     max_body_bytes: int = 1_000_000  # larger request bodies get 413
 
+    @property
+    def loopback(self) -> bool:
+        """Only this machine can reach the server."""
+        return is_loopback(self.host)
+
     def __post_init__(self) -> None:
         if self.admin_key and self.adapter_root is None:
             raise TunesmithError("--admin-key needs --adapter-root DIR: the only folder adapters may be loaded "

@@ -1,12 +1,17 @@
 """One base model in memory, LoRA adapters on top of it, and one worker thread that owns them.
 
-Requests wait in a bounded FIFO queue. The worker takes the oldest request plus the queued requests for
-the same model (up to `max_batch`, within a padded-token budget) and decodes them together; other models
-wait their turn. Only the worker runs forward passes (torch already spreads one over the cores), and
-adapter loads take the same lock, so nothing changes the model under a running batch.
+Requests wait in a bounded FIFO queue. Only the worker runs forward passes (torch already spreads one over
+the cores), and adapter loads take the same lock, so nothing changes the model under a running step.
 
-Adapters are PEFT adapters loaded into one `PeftModel` under their serving names; the base model is served
-with the adapters switched off, so there is one copy of the base weights whatever the adapter count.
+Two ways to decode, chosen at start-up (`engine`):
+- "fast" (Llama-shaped models on a CPU, the default there): the lean decoder of `serve.fast` with continuous
+  batching (`serve.batcher`): queued requests join the running batch between steps, up to `max_batch` rows,
+  whatever model each asks for; every row applies its own adapter (`serve.lora_rows`). Its logits are checked
+  against transformers' once at start-up.
+- "transformers": the model's own forward. The worker takes the oldest request plus the queued ones for the
+  same model (within a padded-token budget) and decodes them together; adapters are PEFT adapters in one
+  `PeftModel`, and the base model is served with them switched off.
+Either way there is one copy of the base weights whatever the adapter count.
 """
 
 from __future__ import annotations
@@ -19,10 +24,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tunesmith.data.tokenize import Message, encode_prompt
-from tunesmith.errors import ModelError
+from tunesmith.errors import ConfigError, ModelError
 from tunesmith.model.adapters import ADAPTER_NAME, ADAPTER_WEIGHTS, is_adapter_dir
 from tunesmith.model.loading import ModelRef, check_fingerprint, load_model, load_tokenizer, pick_device
 from tunesmith.serve.generate import Row, SamplingParams, Step, decode, inference_dtype, new_row, stop_token_ids
@@ -30,6 +35,12 @@ from tunesmith.serve.protocol import ApiError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
+
+    from tunesmith.serve.batcher import LiveBatch
+    from tunesmith.serve.fast import FastLlama
+    from tunesmith.serve.lora_rows import Adapter
+
+EngineKind = Literal["auto", "fast", "transformers"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +52,8 @@ class Limits:
     max_tokens: int = 512  # largest max_tokens a request may ask for; chat's default when omitted
     max_prompt_tokens: int = 4096  # also capped by the model's context window
     max_batch: int = 32  # requests for one model decoded together
-    max_batch_tokens: int = 16384  # rows x longest prompt in one batch: bounds the prefill's memory
+    max_batch_tokens: int = 16384  # rows x longest prompt in one batch (transformers engine), or rows x longest
+    # prompt + max_tokens in the running batch (fast engine): bounds the prefill's and the KV cache's memory
     batch_window_s: float = 0.02  # how long an idle worker waits for simultaneous requests to batch them
     max_queue: int = 256  # requests waiting or running; more get 503
 
@@ -81,9 +93,8 @@ def adapter_folder(path: str | Path) -> tuple[Path, str | None]:
 class Engine:
     """The served models and the queue in front of them. Thread-safe; `close()` stops the worker."""
 
-    def __init__(
-        self, base: ModelRef, *, base_id: str | None = None, device: str = "auto", limits: Limits | None = None
-    ):
+    def __init__(self, base: ModelRef, *, base_id: str | None = None, device: str = "auto",
+                 limits: Limits | None = None, engine: EngineKind = "auto", int8: bool = False):
         self.base = base
         self.base_id = base_id or base.name
         self.limits = limits or Limits()
@@ -95,6 +106,10 @@ class Engine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.adapters: dict[str, Path] = {}  # serving name -> PEFT folder
+        self.fast: FastLlama | None = None
+        self.fast_check: dict[str, float] = {}  # the start-up comparison with transformers' logits
+        self._fast_adapters: dict[str, Adapter] = {}
+        self._pick_engine(engine, int8)
         self._queue: list[Job] = []
         self._running = 0
         self._batches = 0  # batches run so far, and the largest: shows whether requests get batched
@@ -102,8 +117,35 @@ class Engine:
         self._cond = threading.Condition()
         self._model_lock = threading.Lock()  # held by the worker during a batch and by adapter loads
         self._closing = False
-        self._worker = threading.Thread(target=self._loop, name="tunesmith-engine", daemon=True)
+        loop = self._loop_fast if self.fast is not None else self._loop
+        self._worker = threading.Thread(target=loop, name="tunesmith-engine", daemon=True)
         self._worker.start()
+
+    @property
+    def engine_name(self) -> str:
+        if self.fast is None:
+            return "transformers"
+        return "fast-int8" if self.fast.int8 else "fast"
+
+    def _pick_engine(self, engine: EngineKind, int8: bool) -> None:
+        """The fast decoder when asked or when it fits (Llama-shaped, CPU), checked against transformers."""
+        from tunesmith.serve import fast as fast_mod
+
+        why = fast_mod.supports(self.model)
+        if engine == "transformers" or (engine == "auto" and (why or self.device != "cpu")):
+            if int8:
+                raise ConfigError("--int8 needs the fast engine" + (f", which does not support this model: {why}"
+                                                                     if why else " (drop --engine transformers)"))
+            return
+        if why:
+            raise ConfigError(f"--engine fast does not support this model: {why}")
+        self.fast = fast_mod.FastLlama(self.model, int8=int8, rows=self.limits.max_batch)
+        self.fast_check = fast_mod.check_against(self.fast, self.model, self.chat_prompt(
+            [{"role": "user", "content": "Say hello."}]))
+        log.info("%s engine vs transformers at start-up: %s", self.engine_name, self.fast_check)
+        if not int8 and self.fast_check["max_abs_diff"] > fast_mod.EXACT_TOLERANCE:
+            log.warning("fast engine disagrees with transformers (%s); serving with transformers", self.fast_check)
+            self.fast = None
 
     # -- models ---------------------------------------------------------------------------------------
 
@@ -121,7 +163,10 @@ class Engine:
             if name == self.base_id or name in self.adapters:
                 raise ApiError(409, f"model '{name}' is already served; pick another name or delete it first",
                                param="name", code="model_exists")
-            self._load(name, folder)
+            if self.fast is not None:
+                self._fast_adapters[name] = self._read_fast_adapter(name, folder)
+            else:
+                self._load(name, folder)
             self.adapters[name] = folder
         log.info("adapter %s loaded from %s", name, folder)
 
@@ -130,7 +175,9 @@ class Engine:
             raise ApiError(404, f"adapter '{name}' is not loaded", param="name", code="model_not_found")
         with self._model_lock:
             del self.adapters[name]
-            if self.adapters:
+            if self.fast is not None:  # rows already decoding keep their copy of the weights until they finish
+                del self._fast_adapters[name]
+            elif self.adapters:
                 self.model.delete_adapter(name)
             else:  # PEFT keeps a dangling active adapter when the last one goes: unwrap the base instead
                 self.model = self.model.unload()
@@ -154,6 +201,16 @@ class Engine:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelError(f"{folder}: cannot load adapter on '{self.base_id}': {first[:300]}") from None
         self.model.eval()
+
+    def _read_fast_adapter(self, name: str, folder: Path) -> Adapter:
+        from tunesmith.serve.lora_rows import read_adapter
+
+        assert self.fast is not None
+        try:
+            return read_adapter(name, folder, self.fast)
+        except (RuntimeError, ValueError, KeyError, OSError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ModelError(f"{folder}: cannot load adapter on '{self.base_id}': {first[:300]}") from None
 
     @contextmanager
     def _use(self, model_id: str) -> Iterator[None]:
@@ -214,7 +271,7 @@ class Engine:
     def stats(self) -> dict[str, Any]:
         with self._cond:
             return {"queued": len(self._queue), "running": self._running, "batches": self._batches,
-                    "largest_batch": self._largest_batch}
+                    "largest_batch": self._largest_batch, "engine": self.engine_name}
 
     # -- the worker -----------------------------------------------------------------------------------
 
@@ -293,6 +350,83 @@ class Engine:
                 for job in batch:
                     if not job.row.done:
                         job.emit(error)
+
+    # -- the fast worker: continuous batching ---------------------------------------------------------
+
+    def _loop_fast(self) -> None:
+        from tunesmith.serve.batcher import LiveBatch
+
+        assert self.fast is not None
+        batch = LiveBatch(self.fast, self.eos_ids, self.pad_id)
+        while (jobs := self._admissions(batch)) is not None:
+            with self._model_lock:
+                try:
+                    batch.admit(self._live(jobs))
+                    batch.step()
+                except Exception:
+                    log.exception("generation failed for %d request(s)", len(batch))
+                    batch.fail(ApiError(500, "generation failed inside the server; see its log", type="server_error"))
+            with self._cond:
+                self._running = len(batch)
+
+    def _admissions(self, batch: LiveBatch) -> list[Job] | None:
+        """Queued requests that join the batch now ([] while it is full); None once closing and drained.
+
+        An idle worker holds on the batch window, as `_next_batch` does, so that requests sent together are
+        prefilled together; a busy one takes whatever is queued at each step.
+        """
+        started, seen, deadline = 0.0, 0, 0.0
+        with self._cond:
+            while True:
+                self._queue = [j for j in self._queue if not j.row.cancelled]
+                if self._closing:
+                    return [] if len(batch) else None
+                if not self._queue and not len(batch):
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                if not len(batch) and len(self._queue) < self.limits.max_batch:
+                    started = started or now
+                    if len(self._queue) > seen:
+                        seen, window = len(self._queue), self.limits.batch_window_s
+                        deadline = min(now + window, started + 5 * window)
+                    if deadline > now:
+                        self._cond.wait(deadline - now)
+                        continue
+                take = self._fill(self.limits.max_batch - len(batch), [n.row for n in batch.live])
+                self._queue = [j for j in self._queue if j not in take]
+                self._running = len(batch) + len(take)
+                if take:
+                    self._batches += 1
+                self._largest_batch = max(self._largest_batch, self._running)
+                return take
+
+    def _fill(self, free: int, live: list[Row]) -> list[Job]:
+        """Oldest first, any model, while rows x (longest prompt + max_tokens) of the whole running batch stays
+        within the token budget (the KV cache holds that much); a request alone always fits."""
+        take: list[Job] = []
+        span = max((len(r.prompt_ids) + r.params.max_tokens for r in live), default=0)
+        for job in self._queue:
+            if len(take) == free:
+                break
+            wider = max(span, len(job.row.prompt_ids) + job.row.params.max_tokens)
+            if (live or take) and (len(live) + len(take) + 1) * wider > self.limits.max_batch_tokens:
+                continue  # waits for rows to finish, as a longer prompt waits in `_pick`
+            take.append(job)
+            span = wider
+        return take
+
+    def _live(self, jobs: list[Job]) -> list[Any]:
+        """Jobs as batch rows with their adapter weights; a job whose model was removed meanwhile gets 404."""
+        from tunesmith.serve.batcher import Live
+
+        rows = []
+        for job in jobs:
+            if job.model_id != self.base_id and job.model_id not in self._fast_adapters:
+                job.emit(ApiError(404, f"model '{job.model_id}' was removed", param="model", code="model_not_found"))
+                continue
+            rows.append(Live(job.row, job.emit, self._fast_adapters.get(job.model_id)))
+        return rows
 
     def close(self) -> None:
         """Stop the worker after the running batch; queued requests are told the server is stopping."""

@@ -19,12 +19,17 @@ if TYPE_CHECKING:
 FinishReason = Literal["stop", "length"]
 
 
+# One default for every way of using a model: `generate`, `chat` and requests to `serve` that give none
+# (OpenAI's API samples at 1 by default; a fine-tuned model is judged by what it answers, so greedy here).
+DEFAULT_TEMPERATURE = 0.0
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How to pick tokens. temperature 0 = greedy; `seed` makes sampling reproducible."""
 
     max_tokens: int = 256
-    temperature: float = 0.0
+    temperature: float = DEFAULT_TEMPERATURE
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()

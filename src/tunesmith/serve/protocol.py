@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from tunesmith.errors import TunesmithError
 from tunesmith.model.adapters import ADAPTER_NAME
+from tunesmith.serve.generate import DEFAULT_TEMPERATURE
 
 
 class ApiError(TunesmithError):
@@ -118,7 +119,7 @@ Stop = Annotated[Annotated[list[str], Field(max_length=4)] | None, BeforeValidat
 class _Generation(_Request):
     model: str
     max_tokens: Annotated[int, Field(ge=1)] | None = None
-    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 1.0
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = DEFAULT_TEMPERATURE  # greedy, like chat and generate
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 1.0
     stop: Stop = None
     seed: int | None = None

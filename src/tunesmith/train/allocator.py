@@ -56,3 +56,22 @@ def current_allocator() -> str:
     except OSError:
         return "system"
     return "mimalloc" if "libmimalloc" in maps else "system"
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started (or last exec'd).
+
+    Linux's VmHWM, not `ru_maxrss`: a child spawned with vfork (what `subprocess` uses) has the parent's high-
+    water mark folded into its `ru_maxrss` at exec, so a run started from a large process (a test runner, a
+    notebook) would report the parent's peak instead of its own.
+    """
+    import resource
+
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale

@@ -56,10 +56,18 @@ def _same(a: torch.Tensor, b: torch.Tensor, tol: float) -> tuple[bool, float]:
 
 
 def _grads(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor, weights: torch.Tensor) -> list[torch.Tensor]:
-    """Gradients of a fixed random projection of the logits on real tokens, w.r.t. the trainable weights."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """Gradients of a fixed random projection of the logits on real tokens, w.r.t. the first decoder layer's
+    trainable weights: they depend on the backward pass through every layer above, and cost little memory
+    (all of a full fine-tune's gradients would be another copy of the model)."""
+    first = _first_layer(model)
+    params = [p for p in (first or model).parameters() if p.requires_grad]
     out = (_logits(model, ids, mask) * weights)[mask.bool()].sum()
     return [g.float() for g in torch.autograd.grad(out, params, allow_unused=True) if g is not None]
+
+
+def _first_layer(model: torch.nn.Module) -> torch.nn.Module | None:
+    layers = getattr(getattr(model, "get_decoder", lambda: None)(), "layers", None)
+    return layers[0] if layers is not None and len(layers) else None
 
 
 def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_id: int, device: str) -> dict[str, bool]:
@@ -98,7 +106,7 @@ def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_i
 
 def _report(name: str, ok: bool, diff: float) -> bool:
     if ok:
-        log.info("fast path %s: on (max difference %.2e)", name, diff)
+        log.debug("fast path %s: on (max difference %.2e)", name, diff)
     else:
         log.warning("fast path %s: differs from the model's own forward (max difference %.2e); using the plain "
                     "path", name, diff)

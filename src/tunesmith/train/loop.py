@@ -3,6 +3,10 @@
 Vocabulary: a *step* is one optimizer update; a *micro-batch* one forward/backward; *tokens* are real
 (non-pad) tokens; *targets* are supervised next-token predictions. The loss of a step is the mean over all
 its targets, however they are spread over micro-batches (and ranks).
+
+Under torchrun every rank runs the same number of forward/backward passes in a step, so their collectives
+(DDP's all-reduce, FSDP's all-gathers and reduce-scatters) always pair up: where an epoch's micro-batches do
+not divide by the ranks, a rank short of one runs a one-row stand-in with weight 0.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from tunesmith.data.tokenize import Encoded
 from tunesmith.errors import TrainingError
 from tunesmith.train import checkpoint
 from tunesmith.train.batching import collate, epoch_order
-from tunesmith.train.distributed import Dist, broadcast_flag
+from tunesmith.train.distributed import Dist, broadcast_flag, gathered, rank_share, sum_over_ranks
 from tunesmith.train.loss import CompletionLoss
 
 log = logging.getLogger(__name__)
@@ -86,20 +90,28 @@ def autocast(device: str) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def eval_loss(loss_fn: CompletionLoss, data: Sequence[Encoded], *, pad_id: int, batch_size: int, device: str) -> float:
-    """Mean cross-entropy per supervised target over `data` (dropout off)."""
+def eval_loss(loss_fn: CompletionLoss, data: Sequence[Encoded], *, pad_id: int, batch_size: int, device: str,
+              dist: Dist | None = None) -> float:
+    """Mean cross-entropy per supervised target over `data` (dropout off). Every rank must call it: the ranks
+    split the batches, each running the same number (a discarded one-row stand-in evens them out)."""
+    dist = dist or Dist()
     model = loss_fn.model
     was_training = model.training
     model.eval()
     total, n = 0.0, 0
     order = sorted(range(len(data)), key=lambda i: len(data[i].input_ids))
-    for start in range(0, len(order), batch_size):
-        batch = collate([data[i] for i in order[start : start + batch_size]], pad_id).to(device)
+    for start in rank_share(range(0, len(order), batch_size), dist):
+        rows = order[start : start + batch_size] if start is not None else order[:1]  # None: a stand-in
+        batch = collate([data[i] for i in rows], pad_id).to(device)
         with autocast(device):
-            loss_sum, count = loss_fn(batch.input_ids, batch.labels, batch.attention_mask)
-        total += float(loss_sum)
-        n += int(count)
+            loss_sum, count = loss_fn(batch.input_ids, batch.labels, batch.attention_mask, batch.position_ids)
+        if start is not None:
+            total += float(loss_sum)
+            n += int(count)
+    if dist.sharded:
+        loss_fn.reshard()  # type: ignore[operator]  # FSDP keeps the root gathered after a forward for its backward
     model.train(was_training)
+    total, n = sum_over_ranks(dist, device, total, n)
     return total / max(n, 1)
 
 
@@ -107,7 +119,7 @@ def run_loop(
     loss_fn: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, spec: LoopSpec,
     state: checkpoint.TrainState, hooks: Hooks | None = None,
 ) -> checkpoint.TrainState:
-    """Train from `state` until `spec.total_steps` (or early stop). `loss_fn` may be DDP-wrapped."""
+    """Train from `state` until `spec.total_steps` (or early stop). `loss_fn` may be wrapped by DDP or sharded."""
     hooks = hooks or Hooks()
     inner: CompletionLoss = getattr(loss_fn, "module", loss_fn)
     model, d = inner.model, spec.dist
@@ -120,25 +132,28 @@ def run_loop(
         while state.batch_in_epoch < len(order) and state.step < spec.total_steps and not stop:
             t0 = time.perf_counter()
             micro = order[state.batch_in_epoch : state.batch_in_epoch + spec.micro_per_step]
-            mine = micro[d.rank :: d.world]
+            mine = rank_share(micro, d)  # None where an uneven tail leaves this rank short
             # Targets of the whole step, all ranks: every rank knows the order, so no communication needed.
             step_targets = sum(spec.train[i].targets for b in micro for i in b)
             optimizer.zero_grad(set_to_none=True)
             loss_total, tokens = torch.zeros((), device=spec.device), 0
             for k, indices in enumerate(mine):
-                batch = collate([spec.train[i] for i in indices], spec.pad_id).to(spec.device)
+                batch = collate([spec.train[i] for i in indices or micro[0][:1]], spec.pad_id).to(spec.device)
+                keep = 1.0 if indices else 0.0  # a stand-in's gradient is zero; its collectives still run
                 sync = contextlib.nullcontext()
-                if d.enabled and k < len(mine) - 1:
-                    sync = loss_fn.no_sync()  # all-reduce gradients once, on the last micro-batch
+                if d.enabled and not d.sharded and k < len(mine) - 1:
+                    # DDP all-reduces once, on the last micro-batch; FSDP reduce-scatters each one, so that
+                    # only this rank's shard of the gradients is ever kept.
+                    sync = loss_fn.no_sync()
                 with sync, autocast(spec.device):
-                    loss_sum, _ = loss_fn(batch.input_ids, batch.labels, batch.attention_mask)
-                    # DDP averages gradients over ranks; scale so the result is the mean over all targets.
-                    (loss_sum * d.world / max(step_targets, 1)).backward()
-                loss_total += loss_sum.detach()
-                tokens += batch.tokens
-            loss = float(loss_total) / max(step_targets, 1)  # waits on the device
-            if d.enabled:
-                loss = _mean_over_ranks(loss_total, step_targets)
+                    loss_sum, _ = loss_fn(batch.input_ids, batch.labels, batch.attention_mask, batch.position_ids)
+                    # DDP and FSDP average gradients over ranks; scale so the result is the mean over all targets.
+                    (loss_sum * d.world / max(step_targets, 1) * keep).backward()
+                if indices:
+                    loss_total += loss_sum.detach()
+                    tokens += batch.tokens
+            loss, tokens = sum_over_ranks(d, spec.device, float(loss_total), tokens)  # waits on the device
+            loss, tokens = loss / max(step_targets, 1), int(tokens)
             if not math.isfinite(loss):
                 raise TrainingError(
                     f"step {state.step + 1}: loss is {loss}; training stopped. Lower the learning rate "
@@ -157,11 +172,11 @@ def run_loop(
             dt = time.perf_counter() - t0
             state.step += 1
             state.batch_in_epoch += len(micro)
-            state.tokens += tokens * d.world
+            state.tokens += tokens
             state.elapsed += dt
             record = {"step": state.step, "epoch": round(state.epoch + state.batch_in_epoch / len(order), 4),
                       "loss": round(loss, 6), "lr": lr, "grad_norm": round(grad_norm, 6),
-                      "tokens_per_s": round(tokens * d.world / dt, 1), "tokens": state.tokens,
+                      "tokens_per_s": round(tokens / dt, 1), "tokens": state.tokens,
                       "elapsed": round(state.elapsed, 3)}
             spec.log_metrics(record)
             if hooks.on_step:
@@ -180,8 +195,10 @@ def _evaluate_and_save(
     """Evaluate and checkpoint when due; return True to stop early (patience or guard)."""
     last = state.step >= spec.total_steps
     improved, stop = False, False
+    d = spec.dist
     if spec.eval and (state.step % spec.eval_every == 0 or last):
-        loss = eval_loss(inner, spec.eval, pad_id=spec.pad_id, batch_size=spec.batch_size, device=spec.device)
+        loss = eval_loss(inner, spec.eval, pad_id=spec.pad_id, batch_size=spec.batch_size, device=spec.device,
+                         dist=d)
         improved = state.best_eval_loss is None or loss < state.best_eval_loss
         if improved:
             state.best_eval_loss, state.best_step, state.evals_since_best = loss, state.step, 0
@@ -189,8 +206,9 @@ def _evaluate_and_save(
             state.evals_since_best += 1
         record: dict[str, Any] = {"step": state.step, "eval_loss": round(loss, 6),
                                   "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}
-        if spec.guard is not None and spec.dist.main:
-            metrics, verdict = spec.guard.check(inner.model)
+        if spec.guard is not None and (d.main or d.sharded):  # under FSDP every rank takes part in its forwards
+            with gathered(inner, d):
+                metrics, verdict = spec.guard.check(inner.model)
             record.update(metrics)
             record["guard_verdict"] = verdict
             stop = spec.guard_stop and verdict == "fail"
@@ -200,23 +218,23 @@ def _evaluate_and_save(
         spec.log_metrics(record)
         if hooks.on_eval:
             hooks.on_eval(record)
-        stop = broadcast_flag(spec.dist, stop)
-    if spec.dist.main and (state.step % spec.save_every == 0 or last or improved or stop):
-        checkpoint.save(spec.checkpoints, inner.model, optimizer, scheduler, state, best=improved)
-        checkpoint.prune(spec.checkpoints, spec.keep_checkpoints)
+        stop = broadcast_flag(d, stop)
+    if (d.main or d.sharded) and (state.step % spec.save_every == 0 or last or improved or stop):
+        checkpoint.save(spec.checkpoints, inner.model, optimizer, scheduler, state, best=improved, dist=d)
+        if d.main:
+            checkpoint.prune(spec.checkpoints, spec.keep_checkpoints)
     return stop
 
 
 def _clip(params: list[nn.Parameter], max_norm: float) -> float:
+    """The global gradient norm, after clipping to `max_norm` (> 0). Under FSDP the gradients are DTensor
+    shards: their norm is a partial one on each rank until `full_tensor` reduces it."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0.0
+    norm = torch.nn.utils.get_total_norm(grads)
+    if hasattr(norm, "full_tensor"):
+        norm = norm.full_tensor()
     if max_norm > 0:
-        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-    grads = [p.grad.detach().norm() for p in params if p.grad is not None]
-    return float(torch.stack(grads).norm()) if grads else 0.0
-
-
-def _mean_over_ranks(loss_sum: torch.Tensor, step_targets: int) -> float:
-    import torch.distributed as dist
-
-    t = loss_sum.detach().double().reshape(1)
-    dist.all_reduce(t)
-    return float(t) / max(step_targets, 1)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return float(norm)

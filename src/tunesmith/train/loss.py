@@ -10,18 +10,22 @@ logits (e.g. soft-capping) fall back to the full forward pass.
 Batches are right-padded and attention is causal, so no real token can see a pad token: the decoder runs
 without an attention mask, which lets SDPA take its fused causal kernel (and native GQA). Both shortcuts are
 checked against the model's own forward at start-up (`tunesmith.train.fastpath`) and switched off when
-they differ.
+they differ. Packed rows (`tunesmith.train.batching.pack`) pass position ids that restart at 0 for each
+example and no mask: transformers then builds a block-causal mask from the position ids, so examples in a
+row never see each other; `check_packing` verifies that once at start-up.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.data.tokenize import IGNORE
+from tunesmith.data.tokenize import IGNORE, Encoded
+from tunesmith.errors import ModelError
 
 log = logging.getLogger(__name__)
 
@@ -87,22 +91,31 @@ class CompletionLoss(nn.Module):
         self.head_on_targets_only = True
         self.mask_free = True
 
-    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        mask = None if self.mask_free else attention_mask
-        return self.model.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state  # (B, T, C)
+    def _inputs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None
+    ) -> dict[str, torch.Tensor | bool | None]:
+        # Packed rows: transformers reads the block-causal mask from position ids only with neither a 2-D mask
+        # nor a cache; their rows are right-padded, so no mask is needed either way.
+        mask = None if self.mask_free or position_ids is not None else attention_mask
+        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids, "use_cache": False}
+
+    def _hidden(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model.get_decoder()(**self._inputs(input_ids, attention_mask, position_ids)).last_hidden_state
 
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
+        self, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         targets = labels[:, 1:]  # position t predicts token t+1
         sel = targets != IGNORE  # (B, T-1)
         if self.head_on_targets_only:
             head = self.model.get_output_embeddings()
-            h = self._hidden(input_ids, attention_mask)[:, :-1][sel]  # (N, C)
+            h = self._hidden(input_ids, attention_mask, position_ids)[:, :-1][sel]  # (N, C)
             loss = head_cross_entropy(h, head.weight, targets[sel])
         else:
-            mask = None if self.mask_free else attention_mask
-            logits = self.model(input_ids=input_ids, attention_mask=mask).logits[:, :-1][sel]  # (N, V)
+            logits = self.model(**self._inputs(input_ids, attention_mask, position_ids)).logits[:, :-1][sel]  # (N, V)
             loss = F.cross_entropy(logits.float(), targets[sel], reduction="sum")
         return loss, sel.sum()
 
@@ -115,7 +128,39 @@ class CompletionLoss(nn.Module):
             fast = head(self.model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask)
                         .last_hidden_state)
         except (AttributeError, NotImplementedError, TypeError) as e:
-            log.info("LM-head-on-targets path unavailable (%s)", e)
+            log.debug("LM-head-on-targets path unavailable (%s)", e)
             return False
         full = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         return torch.allclose(fast.float(), full.float(), atol=atol, rtol=atol)
+
+    @torch.no_grad()
+    def check_packing(self, rows: Sequence[Encoded]) -> None:
+        """Raise `ModelError` unless packed examples stay apart: the hidden states of a packed row must equal
+        each example's computed alone. A model whose attention ignores position ids would let them mix.
+
+        A leak changes hidden states by O(1); reduction order alone, by ~1e-6 relative in fp32 (~1e-2 in bf16).
+        """
+        from tunesmith.train.batching import unpack
+
+        row = next((r for r in rows if len(unpack(r)) > 1), None)
+        if row is None:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            device = next(self.model.parameters()).device
+            packed = self._hidden(torch.tensor([row.input_ids], device=device), None,
+                                  torch.tensor([row.position_ids], device=device))[0]  # (T, C)
+            tol = 1e-3 if packed.dtype == torch.float32 else 3e-2
+            start, worst = 0, 0.0
+            for part in unpack(row):
+                alone = self._hidden(torch.tensor([part.input_ids], device=device), None)[0]  # (n, C)
+                n = len(part.input_ids)
+                diff = (packed[start : start + n] - alone).abs().max() / alone.abs().max().clamp_min(1e-6)
+                worst, start = max(worst, float(diff)), start + n
+        finally:
+            self.model.train(was_training)
+        if worst > tol:
+            raise ModelError(f"{type(self.model).__name__}: packed examples would attend to each other (relative "
+                             f"difference {worst:.2g}); this model's attention ignores position ids, so it "
+                             "cannot train on packed text: use a transformers built-in architecture")

@@ -2,7 +2,7 @@
 
 The eval split is `tunesmith.data.prepare.split`, the same one `tunesmith data prepare` writes: examples that
 share a prompt or nearly duplicate each other stay on one side, so the eval set never asks what training
-answered.
+answered. Documents (the `text` format) are packed into rows of max_length tokens (`train.batching.pack`).
 """
 
 from __future__ import annotations
@@ -13,47 +13,39 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import TrainConfig
-from tunesmith.data.formats import Example, file_sha256, load_examples
+from tunesmith.data.formats import Example, load_dataset
 from tunesmith.data.prepare import split
-from tunesmith.data.tokenize import Encoded, encode
+from tunesmith.data.tokenize import Encoded
+from tunesmith.train.batching import training_rows
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
 
-Messages = list[dict[str, Any]]
+Messages = list[dict[str, Any]] | str  # a chat example, or a document (the `text` format)
 MIN_FOR_SPLIT = 10  # below this many examples, no eval split is held out
 
 
 @dataclass
 class RunData:
-    train_messages: list[Example]  # the rows as loaded (messages, and tools when they call any)
+    train_messages: list[Example]  # the rows as loaded (messages and their tools, or a document)
     eval_messages: list[Example]
     train: list[Encoded]
     eval: list[Encoded]
     info: dict[str, Any] = field(default_factory=dict)  # goes into the manifest
 
 
-def _encode_all(tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], max_length: int):
-    kept, dropped = [], 0
-    for row in rows:
-        enc = encode(tokenizer, row.messages, max_length, tools=row.tools)
-        if enc.targets == 0:
-            dropped += 1  # the reply lies beyond max_length: nothing to learn from
-            continue
-        kept.append(enc)
-    return kept, dropped
-
-
 def prepare(
     config: TrainConfig, tokenizer: PreTrainedTokenizerBase, replay: Sequence[Messages] = ()
 ) -> RunData:
-    examples = load_examples(config.data, config.format)
-    info: dict[str, Any] = {"train": {"path": str(config.data), "sha256": file_sha256(config.data)}}
+    data = load_dataset(config.data, config.format, config.columns)
+    examples = data.examples
+    info: dict[str, Any] = {"train": {"path": str(config.data), "sha256": data.sha256}, "format": data.format}
     if config.eval_data:
-        eval_rows = load_examples(config.eval_data, config.format)
-        info["eval"] = {"path": str(config.eval_data), "sha256": file_sha256(config.eval_data)}
+        evals = load_dataset(config.eval_data, config.format, config.columns)
+        eval_rows = evals.examples
+        info["eval"] = {"path": str(config.eval_data), "sha256": evals.sha256}
         train_rows = examples
     else:
         held: list[Example] = []
@@ -62,19 +54,27 @@ def prepare(
         train_rows, eval_rows = examples, held
         info["eval"] = {"held_out_from_train": len(eval_rows), "fraction": config.eval_fraction,
                         "split": "by prompt and near-duplicate group"}
-    train_rows = train_rows + [Example(messages=list(m), source="replay") for m in replay]
-    train, dropped_train = _encode_all(tokenizer, train_rows, config.max_length)
-    evals, dropped_eval = _encode_all(tokenizer, eval_rows, config.max_length)
+    train_rows = train_rows + [_replay_example(m) for m in replay]
+    packed = data.format == "text"
+    train, dropped_train = training_rows(tokenizer, train_rows, config.max_length, packed=packed)
+    evals, dropped_eval = training_rows(tokenizer, eval_rows, config.max_length, packed=packed)
     if not train:
         from tunesmith.errors import DataError
 
         raise DataError([f"{config.data}: no example has a reply within max_length={config.max_length}"])
     info.update(
-        train_examples=len(train), eval_examples=len(evals), replay_examples=len(replay),
-        dropped_beyond_max_length=dropped_train + dropped_eval,
+        train_examples=len(train_rows) - dropped_train, eval_examples=len(eval_rows) - dropped_eval,
+        replay_examples=len(replay), dropped_beyond_max_length=dropped_train + dropped_eval,
         train_tokens=sum(len(e.input_ids) for e in train), train_targets=sum(e.targets for e in train),
     )
+    if packed:
+        info.update(train_rows=len(train), eval_rows=len(evals))
     if dropped_train + dropped_eval:
         log.warning("%d examples dropped: their reply starts beyond max_length=%d",
                     dropped_train + dropped_eval, config.max_length)
     return RunData(train_rows, eval_rows, train, evals, info)
+
+
+def _replay_example(row: Messages) -> Example:
+    return Example(messages=[], source="replay", text=row) if isinstance(row, str) else \
+        Example(messages=list(row), source="replay")

@@ -7,23 +7,33 @@ forgetting guard, replay examples) comes in through `Extras`, so training never 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import resource
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
-from tunesmith import __version__
+from tunesmith import __version__, track
 from tunesmith.config import TrainConfig, resolve_defaults
 from tunesmith.errors import RunError
 from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_tokenizer, pick_device, resolve
 from tunesmith.runfolder import MetricsSink, RunFolder
 from tunesmith.train import checkpoint
-from tunesmith.train.allocator import current_allocator
-from tunesmith.train.distributed import Dist, device_for, setup, teardown
+from tunesmith.train.allocator import current_allocator, peak_rss_bytes
+from tunesmith.train.distributed import (
+    Dist,
+    device_for,
+    full_state_dict,
+    gather,
+    gathered,
+    load_device,
+    setup,
+    teardown,
+    wrap,
+)
 from tunesmith.train.fastpath import check_fast_paths
 from tunesmith.train.loop import Guard, Hooks, LoopSpec, eval_loss, run_loop, steps_per_epoch
 from tunesmith.train.loss import CompletionLoss
@@ -51,6 +61,7 @@ class RunResult:
     config: TrainConfig
     exported_step: int
     manifest: dict[str, Any] = field(default_factory=dict)
+    guard: dict[str, Any] = field(default_factory=dict)  # the guard's record at step 0 ("base") and the exported step
 
 
 @dataclass(frozen=True)
@@ -62,13 +73,15 @@ class _Session:
     device: str
     dist: Dist
     resume: bool
+    closing: contextlib.ExitStack  # what must close with the run, however it ends (the trackers)
 
 
 def train(config: TrainConfig, *, resume: bool = False, force: bool = False, hooks: Hooks | None = None,
           extras: Extras | None = None) -> RunResult:
     """Fine-tune as `config` says (or continue the run `config.out` with `resume`); returns the output."""
+    track.require(config.report_to)  # a missing extra fails before anything starts
     device = pick_device(config.device)
-    d = setup(device)
+    d = setup(device, config.distributed)
     device = device_for(d, device)
     if config.threads:  # else PyTorch's default (physical cores, or OMP_NUM_THREADS)
         torch.set_num_threads(config.threads)
@@ -80,7 +93,8 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, hoo
             _refuse_finished(run, config)
         elif d.main:
             run, created = RunFolder.create(config.out, force=force), True
-        return _train(_Session(config, run, device, d, resume), hooks or Hooks(), extras or Extras())
+        with contextlib.ExitStack() as closing:
+            return _train(_Session(config, run, device, d, resume, closing), hooks or Hooks(), extras or Extras())
     except BaseException:
         if created and run.checkpoint("latest") is None:
             run.discard()  # nothing to resume from: a failed start leaves no folder behind
@@ -122,13 +136,20 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     if hooks.on_start:
         hooks.on_start(config, manifest)
 
-    model = build_model(config, ref, s.device)
+    model = build_model(config, ref, s.device, load_device(s.dist, s.device))
     loss_fn = CompletionLoss(model)
-    fast_paths = check_fast_paths(loss_fn, data.train, tokenizer.pad_token_id, s.device)
+    fast_paths = check_fast_paths(loss_fn, data.train, tokenizer.pad_token_id, load_device(s.dist, s.device))
+    loss_fn.check_packing(data.train)  # packed examples must not see each other
     if s.dist.main:
         s.run.update_manifest(fast_paths=fast_paths)
-    guard = extras.guard_factory(tokenizer) if extras.guard_factory and s.dist.main else None
-    baseline = guard.baseline(model) if guard is not None else {}  # LoRA at init equals the base model
+    wrapped = wrap(loss_fn, s.dist, s.device)  # before the optimizer: FSDP replaces the parameters by shards
+    guard = extras.guard_factory(tokenizer) if extras.guard_factory and (s.dist.main or s.dist.sharded) else None
+    if s.dist.main and (guard is not None or (data.eval and not s.resume)):
+        what = ", ".join(w for w in ("" if s.resume else f"{len(data.eval)} eval examples",
+                                      "the forgetting-guard slice" if guard is not None else "") if w)
+        log.info("scoring the base model (%s): the reference every evaluation is compared with", what)
+    with gathered(loss_fn, s.dist):  # under FSDP every rank scores the guard's items together
+        baseline = guard.baseline(model) if guard is not None else {}  # LoRA at init equals the base model
     optimizer = make_optimizer(model, config.lr, config.weight_decay, s.device)
     scheduler = make_scheduler(optimizer, total, config.warmup, config.schedule)
     sink = s.run.metrics_sink(enabled=s.dist.main)
@@ -136,13 +157,11 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     if s.resume:
         state = checkpoint.load(s.run.checkpoint("latest"), model, optimizer, scheduler)
         sink.truncate_after(state.step)  # drop lines a killed run logged past its last checkpoint
-    wrapped: torch.nn.Module = loss_fn
-    if s.dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        wrapped = DDP(loss_fn, device_ids=[s.dist.local_rank] if s.device.startswith("cuda") else None)
-    if not s.resume and s.dist.main and (data.eval or baseline):
-        _log_start(loss_fn, data, baseline, sink, hooks, config, s.device, tokenizer.pad_token_id)
+    trackers = s.closing.enter_context(track.training(config.report_to, s.run, config.to_dict(), resume=s.resume,
+                                                      enabled=s.dist.main))
+    sink = trackers.tee(sink)  # TensorBoard / MLflow get each record metrics.jsonl gets
+    if not s.resume and (data.eval or baseline):  # every rank: the eval batches are shared out
+        _log_start(loss_fn, data, baseline, sink, hooks, config, s, tokenizer.pad_token_id)
     spec = LoopSpec(
         train=data.train, eval=data.eval, pad_id=tokenizer.pad_token_id, batch_size=config.batch_size,
         grad_accum=config.grad_accum, total_steps=total, eval_every=config.eval_every,
@@ -151,7 +170,11 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
         log_metrics=sink.write, guard=guard, guard_stop=config.guard_stop, dist=s.dist,
     )
     state = run_loop(wrapped, optimizer, scheduler, spec, state, hooks)
-    return _finish(s, config, model, tokenizer, state)
+    optimizer.state.clear()  # AdamW's moments (8 bytes a trainable weight) are not exported: room for the export
+    model.zero_grad(set_to_none=True)
+    result = _finish(s, config, model, tokenizer, state)
+    track.log_result(trackers, s.run, result.manifest)
+    return result
 
 
 def _check_same_run(run: RunFolder, new: dict[str, Any]) -> None:
@@ -188,11 +211,13 @@ def _manifest(config: TrainConfig, ref: ModelRef, data: RunData, tokenizer: Any)
 
 def _plan(config: TrainConfig, data: RunData, device: str, world: int) -> dict[str, Any]:
     """The planner's estimate for this very run, kept next to what is measured (see `_finish`)."""
+    import psutil
+
     from tunesmith.plan import DataStats, estimate
 
     try:
         plan = estimate(config, device=device, world=world, data=DataStats.from_encoded(data.train),
-                        allocator=current_allocator())
+                        allocator=current_allocator(), process_bytes=psutil.Process().memory_info().rss)
     except Exception as e:  # an estimate must never stop a run (e.g. an architecture the planner can't read)
         log.warning("no resource estimate for this run: %s", e)
         return {"error": str(e)}
@@ -205,10 +230,12 @@ def base_dtype(config: TrainConfig, device: str) -> torch.dtype:
     return torch.bfloat16 if config.method == "lora" and device.startswith("cuda") else torch.float32
 
 
-def build_model(config: TrainConfig, ref: ModelRef, device: str) -> torch.nn.Module:
-    """The model as training uses it: base (dtype, quantization, checkpointing) plus fresh LoRA adapters."""
-    model = load_model(ref, device=device, dtype=base_dtype(config, device), allow_pickle=config.allow_pickle,
-                       trust_remote_code=config.trust_remote_code, quantize=config.quantize)
+def build_model(config: TrainConfig, ref: ModelRef, device: str, load_on: str | None = None) -> torch.nn.Module:
+    """The model as training uses it: base (dtype, quantization, checkpointing) plus fresh LoRA adapters, in
+    `device`'s dtype; loaded onto `load_on` (FSDP: the host) when given."""
+    model = load_model(ref, device=load_on or device, dtype=base_dtype(config, device),
+                       allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
+                       quantize=config.quantize)
     model.config.use_cache = False  # no KV cache while training
     if config.gradient_checkpointing:
         # Non-reentrant: works with frozen inputs (LoRA), custom autograd functions (fused MLP) and FSDP hooks.
@@ -222,11 +249,12 @@ def build_model(config: TrainConfig, ref: ModelRef, device: str) -> torch.nn.Mod
 
 
 def _log_start(loss_fn: CompletionLoss, data: RunData, baseline: dict[str, float], sink: MetricsSink,
-               hooks: Hooks, config: TrainConfig, device: str, pad_id: int) -> None:
+               hooks: Hooks, config: TrainConfig, s: _Session, pad_id: int) -> None:
     """Step 0: the base model's eval loss and guard scores, the reference every later line compares to."""
     record: dict[str, Any] = {"step": 0}
     if data.eval:
-        loss = eval_loss(loss_fn, data.eval, pad_id=pad_id, batch_size=config.batch_size, device=device)
+        loss = eval_loss(loss_fn, data.eval, pad_id=pad_id, batch_size=config.batch_size, device=s.device,
+                         dist=s.dist)
         record.update(eval_loss=round(loss, 6), eval_ppl=round(math.exp(min(loss, 50.0)), 4))
     record.update(baseline)
     sink.write(record)
@@ -240,13 +268,16 @@ def _finish(s: _Session, config: TrainConfig, model: torch.nn.Module, tokenizer:
     best = s.run.checkpoint("best")
     exported = state.step
     if best is not None and state.best_step is not None and state.best_step != state.step:
-        checkpoint.load(best, model)
+        checkpoint.load(best, model)  # a sharded checkpoint: every rank loads its shards
         exported = state.best_step
+    # FSDP: the shards gathered onto rank 0's CPU, every rank taking part; else the model's own state dict.
+    weights = full_state_dict(model, trainable_only=config.method == "lora") if s.dist.sharded else None
+    peak_rss = gather(s.dist, peak_rss_bytes())
     if not s.dist.main:
         return RunResult(s.run.path, None, 0, state, replace(config), exported)
 
     def save(folder: Any) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, state_dict=weights)
         if config.method == "full":
             tokenizer.save_pretrained(folder)
 
@@ -255,14 +286,29 @@ def _finish(s: _Session, config: TrainConfig, model: torch.nn.Module, tokenizer:
         "steps": state.step, "exported_step": exported, "best_eval_loss": state.best_eval_loss,
         "output_bytes": size, "train_seconds": round(state.elapsed, 2), "tokens": state.tokens,
         "tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
-        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "allocator": current_allocator(),
+        "peak_rss_bytes": peak_rss[0], "allocator": current_allocator(),
     }
+    if s.dist.enabled:
+        result.update(processes=s.dist.world, distributed=s.dist.mode, peak_rss_bytes_per_rank=peak_rss)
     if s.device.startswith("cuda"):
         result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     plan = s.run.manifest().get("plan") or {}
+    guard = _guard_records(s.run, exported)
+    if guard:
+        result["guard_verdict"] = guard.get("exported", {}).get("guard_verdict")
     manifest = s.run.update_manifest(result=result, estimate_vs_measured=_compare(plan, result, state))
-    return RunResult(s.run.path, out, size, state, replace(config), exported, manifest)
+    return RunResult(s.run.path, out, size, state, replace(config), exported, manifest, guard)
+
+
+def _guard_records(run: RunFolder, exported: int) -> dict[str, Any]:
+    """The guard's scores of the base model (step 0) and of the exported step, from the metrics log."""
+    records = {r["step"]: r for r in run.metrics() if any(k.startswith("guard/") for k in r)}
+    if not records:
+        return {}
+    out = {"base": records.get(0, {})}
+    if exported in records:
+        out["exported"] = records[exported]
+    return out
 
 
 def _compare(plan: dict[str, Any], result: dict[str, Any], state: checkpoint.TrainState) -> dict[str, Any]:
