@@ -5,13 +5,25 @@ SmolLM2-135M, the same data (examples/support.jsonl as chat prompt/completion), 
 completion-only loss, fp32 on CPU. LoRA: r=16, alpha=32, all linear layers. The references use their
 defaults except `bf16=False` (TRL's default bf16 crashes on CPU) and no reporting/saving.
 
+Contenders: tunesmith-lora and tunesmith-full (as `tunesmith train` runs them, under mimalloc when installed);
+trl-lora (TRL's defaults); trl-lora-tuned and trl-lora-padfree (TRL by a user who tunes it for this CPU:
+gradient checkpointing off, under mimalloc too; TRL's loss is already its fused chunked LM head), the first
+with `train_sampling_strategy="group_by_length"` so a batch pads little, the second padding-free (each
+batch one row, position ids restarting per example: with `use_cache=False`, as TRL trains, transformers
+builds a block-diagonal SDPA mask from them, so it is exact; TRL needs `max_length=None` for it, which
+truncates nothing here: the longest example has 175 tokens). `lora_vs_tuned_ratio` is against the faster of
+the two. Not `packing`: it fills rows of max_length with several examples, a different step. trainer-full
+(the transformers Trainer, defaults).
+
 Measured over steady-state steps (the first `--skip` steps are excluded on every side):
 - tokens/s: real (non-pad) tokens per second of training-step time;
 - peak RSS: the subprocess's maximum resident set size;
 - peak fraction: achieved model FLOP/s over this machine's measured fp32 matmul peak.
 
-Run:  python bench/train_throughput.py [--steps 30] [--skip 3] [--threads N] [--paired]
-Ends with: RESULT lora_speed_ratio=X lora_rss_ratio=Y full_speed_ratio=Z peak_fraction=W
+Run:  python bench/train_throughput.py [--steps 30] [--skip 3] [--threads N] [--paired] [--only A,B]
+Smoke test (seconds, not figures):  --steps 3 --skip 1 --batch 2 --max-length 64 --threads 1
+Ends with: RESULT lora_speed_ratio=X lora_vs_tuned_ratio=T lora_rss_ratio=Y full_speed_ratio=Z peak_fraction=W,
+then each contender's tokens/s (NAME_tps) and peak RSS in MiB (NAME_rss_mib).
 """
 
 from __future__ import annotations
@@ -27,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "examples" / "support.jsonl"
-BATCH, MAX_LEN, R, ALPHA = 8, 512, 16, 32
+BATCH, MAX_LEN, R, ALPHA = 8, 512, 16, 32  # defaults of --batch and --max-length
 
 
 def rows() -> list[dict]:
@@ -46,7 +58,7 @@ def steady(times: list[float], tokens: list[int], skip: int) -> float:
 
 
 # ----------------------------------------------------------------------------------------------- workers
-def run_tunesmith(method: str, steps: int, skip: int, threads: int) -> dict:
+def run_tunesmith(method: str, a: argparse.Namespace) -> dict:
     from tunesmith.cli.common import quiet_libraries
     from tunesmith.config import load_config
     from tunesmith.runfolder import RunFolder
@@ -54,26 +66,26 @@ def run_tunesmith(method: str, steps: int, skip: int, threads: int) -> dict:
 
     quiet_libraries()
     out = Path(tempfile.mkdtemp(prefix="bench-")) / "run"
-    cfg = load_config(None, data=str(DATA), out=str(out), method=method, max_steps=steps, batch_size=BATCH,
-                      max_length=MAX_LEN, lr=2e-4 if method == "lora" else 2e-5, eval_fraction=0.0,
+    cfg = load_config(None, data=str(DATA), out=str(out), method=method, max_steps=a.steps, batch_size=a.batch,
+                      max_length=a.max_length, lr=2e-4 if method == "lora" else 2e-5, eval_fraction=0.0,
                       guard=False, save_every=10_000, lora_r=R, lora_alpha=ALPHA, lora_dropout=0.0,
-                      threads=threads)
+                      threads=a.threads)
     train(cfg)
     recs = [r for r in RunFolder(out).metrics() if "loss" in r]
     times = [r["tokens"] - (recs[i - 1]["tokens"] if i else 0) for i, r in enumerate(recs)]
     durations = [r["elapsed"] - (recs[i - 1]["elapsed"] if i else 0) for i, r in enumerate(recs)]
-    return {"tokens_per_s": steady(durations, times, skip), "peak_rss": peak_rss(),
-            "targets_share": _targets_share(), "loss_last": recs[-1]["loss"]}
+    return {"tokens_per_s": steady(durations, times, a.skip), "peak_rss": peak_rss(),
+            "targets_share": _targets_share(a.max_length), "loss_last": recs[-1]["loss"]}
 
 
-def _targets_share() -> float:
+def _targets_share(max_length: int) -> float:
     """Share of real tokens that are supervised (the LM head runs only there)."""
     from tunesmith.data.tokenize import encode
     from tunesmith.model.loading import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     encs = [encode(tok, [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}],
-                   MAX_LEN) for r in rows()]
+                   max_length) for r in rows()]
     return sum(e.supervised for e in encs) / sum(len(e.input_ids) for e in encs)
 
 
@@ -117,7 +129,13 @@ class _Clock:
         return CB()
 
 
-def run_trl_lora(steps: int, skip: int) -> dict:
+TUNINGS = {"defaults": {},
+           "tuned": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"},
+           "padfree": {"gradient_checkpointing": False, "padding_free": True, "max_length": None}}
+
+
+def run_trl_lora(a: argparse.Namespace, tuning: str) -> dict:
+    """TRL SFTTrainer + PEFT with its defaults or one of the hand tunings in TUNINGS."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM
@@ -127,9 +145,10 @@ def run_trl_lora(steps: int, skip: int) -> dict:
 
     path = resolve("smollm2-135m").path
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    args = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=BATCH,
-                     max_length=MAX_LEN, learning_rate=2e-4, bf16=False, report_to=[], save_strategy="no",
-                     logging_steps=1_000, dataloader_num_workers=0)
+    settings = {"max_length": a.max_length, **TUNINGS[tuning]}
+    args = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=a.batch,
+                     learning_rate=2e-4, bf16=False, report_to=[], save_strategy="no", logging_steps=1_000,
+                     dataloader_num_workers=0, **settings)
     peft_config = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
                              task_type="CAUSAL_LM")
     clock = _Clock()
@@ -137,10 +156,10 @@ def run_trl_lora(steps: int, skip: int) -> dict:
                          processing_class=load_tokenizer(path), callbacks=[clock.callback()])
     trainer.data_collator = clock.collate(trainer.data_collator)
     trainer.train()
-    return {"tokens_per_s": steady(clock.times, clock.tokens, skip), "peak_rss": peak_rss()}
+    return {"tokens_per_s": steady(clock.times, clock.tokens, a.skip), "peak_rss": peak_rss()}
 
 
-def run_trainer_full(steps: int, skip: int) -> dict:
+def run_trainer_full(a: argparse.Namespace) -> dict:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -151,11 +170,11 @@ def run_trainer_full(steps: int, skip: int) -> dict:
     path = resolve("smollm2-135m").path
     tok = load_tokenizer(path)
     encs = [encode(tok, [{"role": "user", "content": r["prompt"]}, {"role": "assistant", "content": r["completion"]}],
-                   MAX_LEN) for r in rows()]
+                   a.max_length) for r in rows()]
     ds = Dataset.from_list([{"input_ids": e.input_ids, "attention_mask": [1] * len(e.input_ids),
                              "labels": e.labels} for e in encs])
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    args = TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=steps, per_device_train_batch_size=BATCH,
+    args = TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=a.batch,
                              learning_rate=2e-5, bf16=False, report_to=[], save_strategy="no", logging_steps=1_000,
                              dataloader_num_workers=0)
     clock = _Clock()
@@ -163,7 +182,7 @@ def run_trainer_full(steps: int, skip: int) -> dict:
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator,
                       callbacks=[clock.callback()])
     trainer.train()
-    return {"tokens_per_s": steady(clock.times, clock.tokens, skip), "peak_rss": peak_rss()}
+    return {"tokens_per_s": steady(clock.times, clock.tokens, a.skip), "peak_rss": peak_rss()}
 
 
 def matmul_peak(seconds: float = 3.0) -> float:
@@ -200,21 +219,29 @@ def lora_flops_per_token(targets_share: float) -> float:
     return 4 * n_body + 6 * lora + 4 * head * targets_share + 3 * attn
 
 
-WORKERS = {"tunesmith-lora": lambda s, k, t: run_tunesmith("lora", s, k, t),
-           "trl-lora": lambda s, k, t: run_trl_lora(s, k),
-           "tunesmith-full": lambda s, k, t: run_tunesmith("full", s, k, t),
-           "trainer-full": lambda s, k, t: run_trainer_full(s, k)}
+WORKERS = {"tunesmith-lora": lambda a: run_tunesmith("lora", a),
+           "trl-lora": lambda a: run_trl_lora(a, "defaults"),
+           "trl-lora-tuned": lambda a: run_trl_lora(a, "tuned"),
+           "trl-lora-padfree": lambda a: run_trl_lora(a, "padfree"),
+           "tunesmith-full": lambda a: run_tunesmith("full", a),
+           "trainer-full": run_trainer_full}
+PAIRS = (("tunesmith-lora", "trl-lora"), ("tunesmith-lora", "trl-lora-tuned"), ("tunesmith-lora", "trl-lora-padfree"),
+         ("tunesmith-full", "trainer-full"))
+RATIOS = {"lora_speed_ratio": ("trl-lora",), "lora_vs_tuned_ratio": ("trl-lora-tuned", "trl-lora-padfree"),
+          "full_speed_ratio": ("trainer-full",)}  # against the fastest reference present
+# tunesmith's own allocator, and a tuned user's too
+MIMALLOC = ("tunesmith-lora", "tunesmith-full", "trl-lora-tuned", "trl-lora-padfree")
 
 
 def _start(name: str, a: argparse.Namespace) -> subprocess.Popen:
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false", TRANSFORMERS_VERBOSITY="error",
                OMP_NUM_THREADS=str(a.threads))
-    if name.startswith("tunesmith"):  # the allocator `tunesmith train` runs under (see train/allocator.py)
+    if name in MIMALLOC:  # the allocator `tunesmith train` runs under (see train/allocator.py)
         from tunesmith.train.allocator import allocator_env
 
         env = allocator_env(env) or env
     cmd = [sys.executable, __file__, "--worker", name, "--steps", str(a.steps), "--skip", str(a.skip),
-           "--threads", str(a.threads)]
+           "--threads", str(a.threads), "--batch", str(a.batch), "--max-length", str(a.max_length)]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
@@ -223,6 +250,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--skip", type=int, default=3)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--batch", type=int, default=BATCH, help="rows per step (smaller only for a smoke test)")
+    p.add_argument("--max-length", type=int, default=MAX_LEN, help="tokens per row (smaller only for a smoke test)")
     p.add_argument("--only", default=",".join(WORKERS))
     p.add_argument("--paired", action="store_true", help="run each pair at once, one thread each (shared machines)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -233,42 +262,67 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(a.threads)
-        print("BENCH " + json.dumps(WORKERS[a.worker](a.steps, a.skip, a.threads)), flush=True)
+        print("BENCH " + json.dumps(WORKERS[a.worker](a)), flush=True)
         return
     names = a.only.split(",")
+    unknown = sorted(set(names) - WORKERS.keys())
+    if unknown:
+        sys.exit(f"--only: unknown contender(s) {', '.join(unknown)}; choose from {', '.join(WORKERS)}")
     # --paired: each tunesmith contender runs at the same time as its reference, one thread each, so load
     # from other processes on a shared machine slows both alike (the faster one finishes first and the
-    # other then runs alone: this biases the ratio towards 1, never away from it).
-    groups = [names[i : i + 2] for i in range(0, len(names), 2)] if a.paired else [[n] for n in names]
-    results = {}
+    # other then runs alone: this biases the ratio towards 1, never away from it). tunesmith-lora runs once
+    # per reference then, and each ratio takes the tunesmith figure measured next to its own reference.
+    groups = [list(pair) for pair in PAIRS if set(pair) <= set(names)] if a.paired else [[n] for n in names]
+    results: dict[str, dict] = {}  # the last measurement of each contender
+    pairs: dict[tuple[str, str], tuple[dict, dict]] = {}  # (ours, reference) measured side by side (--paired)
     for group in groups:
-        procs = {name: _start(name, a) for name in group}
-        for name, proc in procs.items():
-            out, err = proc.communicate()
-            line = [x for x in out.splitlines() if x.startswith("BENCH ")]
-            if proc.returncode or not line:
-                sys.exit(f"{name} failed:\n{err[-3000:]}")
-            results[name] = r = json.loads(line[0][6:])
-            print(f"{name:15s} {r['tokens_per_s']:8.1f} tokens/s   peak RSS {r['peak_rss'] / 2**20:7.0f} MiB",
-                  flush=True)
+        measured = _run_group(group, a)
+        results.update(measured)
+        if len(group) == 2:
+            pairs[(group[0], group[1])] = (measured[group[0]], measured[group[1]])
+    print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in _summary(results, pairs, a.threads).items()))
+
+
+def _run_group(group: list[str], a: argparse.Namespace) -> dict[str, dict]:
+    procs = {name: _start(name, a) for name in group}
+    measured = {}
+    for name, proc in procs.items():
+        out, err = proc.communicate()
+        line = [x for x in out.splitlines() if x.startswith("BENCH ")]
+        if proc.returncode or not line:
+            sys.exit(f"{name} failed:\n{err[-3000:]}")
+        measured[name] = r = json.loads(line[0][6:])
+        print(f"{name:16s} {r['tokens_per_s']:8.1f} tokens/s   peak RSS {r['peak_rss'] / 2**20:7.0f} MiB", flush=True)
+    return measured
+
+
+def _summary(results: dict[str, dict], pairs: dict[tuple[str, str], tuple[dict, dict]], threads: int) -> dict:
+    """The ratios (side by side when paired), the peak fraction, then every contender's absolute figures."""
     import torch
 
-    torch.set_num_threads(a.threads)
-    peak = matmul_peak()
-    out = {}
-    if {"tunesmith-lora", "trl-lora"} <= results.keys():
-        ours, ref = results["tunesmith-lora"], results["trl-lora"]
-        out["lora_speed_ratio"] = ours["tokens_per_s"] / ref["tokens_per_s"]
-        out["lora_rss_ratio"] = ours["peak_rss"] / ref["peak_rss"]
-    if {"tunesmith-full", "trainer-full"} <= results.keys():
-        out["full_speed_ratio"] = results["tunesmith-full"]["tokens_per_s"] / results["trainer-full"]["tokens_per_s"]
+    out: dict[str, float] = {}
+    for key, refs in RATIOS.items():
+        ours_name = "tunesmith-full" if key == "full_speed_ratio" else "tunesmith-lora"
+        present = [r for r in refs if r in results and ours_name in results]
+        if not present:
+            continue
+        ref_name = max(present, key=lambda r: results[r]["tokens_per_s"])
+        ours, ref = pairs.get((ours_name, ref_name), (results[ours_name], results[ref_name]))
+        out[key] = ours["tokens_per_s"] / ref["tokens_per_s"]
+        if key == "lora_speed_ratio":
+            out["lora_rss_ratio"] = ours["peak_rss"] / ref["peak_rss"]
     if "tunesmith-lora" in results:
+        torch.set_num_threads(threads)
+        peak = matmul_peak()
         ours = results["tunesmith-lora"]
         achieved = ours["tokens_per_s"] * lora_flops_per_token(ours["targets_share"])
         out["peak_fraction"] = achieved / peak
         print(f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; tunesmith LoRA achieves {achieved / 1e9:.0f} GFLOP/s "
               f"({ours['targets_share']:.0%} of tokens supervised)")
-    print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in out.items()))
+    for name, r in results.items():
+        out[f"{name}_tps"] = r["tokens_per_s"]
+        out[f"{name}_rss_mib"] = r["peak_rss"] / 2**20
+    return out
 
 
 if __name__ == "__main__":

@@ -63,9 +63,11 @@ def test_every_readme_command_is_one_the_docs_test_runs():
     assert all(prepare(c, "/tiny") is None for c in readme)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def workdir(tmp_path_factory, tiny_model_dir) -> Path:
-    work = tmp_path_factory.mktemp("docs-workspace")  # the guides' commands run from the repository's root
+    """A fresh checkout-like folder per guide: each guide is followed on its own, from the repository's root,
+    so one guide's `runs/support` is not in the way of the next (a repeat inside one guide still fails)."""
+    work = tmp_path_factory.mktemp("docs-workspace")
     shutil.copytree(ROOT / "examples", work / "examples")
     (work / "tests").mkdir()
     (work / "tests" / "data").symlink_to(ROOT / "tests" / "data")

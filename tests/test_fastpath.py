@@ -14,7 +14,7 @@ from tunesmith.train import kernels
 from tunesmith.train.fastpath import check_fast_paths
 from tunesmith.train.loss import CompletionLoss
 
-ALL_ON = {"mask_free": True, "fused_mlp": True, "head_on_targets": True}
+ALL_ON = {"mask_free": True, "fused_mlp": True, "fused_rms_norm": True, "head_on_targets": True}
 
 
 def _examples(tokenizer):
@@ -40,8 +40,20 @@ def test_planted_mlp_mismatch_falls_back_to_the_models_own_mlp(tiny_model_dir, t
     model = load_model(str(tiny_model_dir))
     _, paths = _check(model, tiny_tokenizer)
     assert paths == {**ALL_ON, "fused_mlp": False}
-    assert not any("forward" in vars(m) for m in model.modules())  # every MLP has its own forward back
+    assert not any("forward" in vars(m) for m in model.modules() if hasattr(m, "gate_proj"))  # MLPs' own forward
+    assert any("forward" in vars(m) for m in model.modules() if type(m).__name__ == "LlamaRMSNorm")  # still fused
     assert "fast path fused_mlp: differs from the model's own forward" in caplog.text
+
+
+def test_planted_norm_mismatch_falls_back_to_the_models_own_norm(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    def wrong(self, x):  # a LayerNorm-like model: mean subtracted, which RMSNorm does not do
+        return kernels._RMSNorm.apply(x - x.mean(-1, keepdim=True), self.weight, self.variance_epsilon)
+
+    monkeypatch.setattr(kernels, "_rms_norm_forward", wrong)
+    model = load_model(str(tiny_model_dir))
+    _, paths = _check(model, tiny_tokenizer)
+    assert paths == {**ALL_ON, "fused_rms_norm": False}
+    assert not any("forward" in vars(m) for m in model.modules() if type(m).__name__ == "LlamaRMSNorm")
 
 
 def test_planted_mask_dependence_turns_mask_free_attention_off(tiny_model_dir, tiny_tokenizer):

@@ -112,9 +112,9 @@ def test_memory_parts_for_full_fine_tuning_of_7b_in_fp32() -> None:
     p = 6_738_415_616
     assert (parts["weights"], parts["gradients"], parts["optimizer"]) == (4 * p, 4 * p, 8 * p)
     assert parts["lora_weights"] == parts["lora_activations"] == 0
-    # per token and layer: (6h + 2q + 2kv + 3i) x 4 bytes + log-sum-exp of 32 heads + two rsqrt; the fused
-    # SwiGLU keeps gate and up, down_proj its input
-    per_token_layer = (6 * 4096 + 4 * 4096 + 3 * 11008) * 4 + 32 * 4 + 8
+    # per token and layer: (4h + 2q + 2kv + 3i) x 4 bytes + log-sum-exp of 32 heads + two rsqrt; the fused
+    # RMSNorm keeps its input (the next matmul the scaled output), the fused SwiGLU gate and up, down_proj its input
+    per_token_layer = (4 * 4096 + 4 * 4096 + 3 * 11008) * 4 + 32 * 4 + 8
     assert parts["activations"] == 512 * 32 * per_token_layer
     assert parts["framework"] == CPU_PROCESS_BYTES
 

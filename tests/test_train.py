@@ -67,7 +67,8 @@ def test_completion_loss_matches_transformers_loss(tiny_model_dir, tiny_tokenize
     b = _batch(tiny_tokenizer)
     loss_fn = CompletionLoss(model)
     paths = check_fast_paths(loss_fn, _encoded(tiny_tokenizer), tiny_tokenizer.pad_token_id, "cpu")
-    assert paths == {"mask_free": True, "fused_mlp": True, "head_on_targets": True}  # all exact on Llama
+    assert paths == {"mask_free": True, "fused_mlp": True, "fused_rms_norm": True,
+                     "head_on_targets": True}  # all exact on Llama
     with torch.no_grad():
         loss_sum, n = loss_fn(b.input_ids, b.labels, b.attention_mask)
         reference = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels).loss

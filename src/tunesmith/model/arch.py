@@ -39,6 +39,7 @@ class Arch:
     mlp_bias: bool = False
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
     fused_mlp: bool = True  # SiLU-gated MLP: the trainer's fused silu(gate) * up keeps gate and up only
+    fused_norm: bool = True  # Llama-style RMSNorm: the trainer's fused one keeps its input and rsqrt only
 
     @classmethod
     def from_config(cls, config: PretrainedConfig) -> Arch:
@@ -58,6 +59,7 @@ class Arch:
             qkv_bias=bias or kind == "qwen2", o_bias=bias, mlp_bias=bool(getattr(config, "mlp_bias", False)),
             qk_norm=kind == "qwen3",
             fused_mlp=(getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None)) == "silu",
+            fused_norm=not kind.startswith("gemma"),  # Gemma's RMSNorm scales by 1 + w: not the fused one
         )
 
     @property

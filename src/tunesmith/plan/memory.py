@@ -10,9 +10,10 @@ kv = kv_heads x head_dim, V vocabulary, N supervised targets in the batch, r LoR
 - gradients: one per trainable parameter, in fp32 (LoRA adapters and full-fine-tuning weights are fp32);
   AdamW: two fp32 moments (8 bytes) each. LoRA trains r x (in + out) per adapted linear layer.
 - activations: exactly what autograd saves for backward, per token and decoder layer (`layer_terms`,
-  checked against autograd's saved tensors in tests). Full fp32, for instance: 2 RMSNorms x 3 tensors of h
-  (input, normalised, scaled), rotated q and attention output (2q), rotated k and v (2kv), gate, up (the
-  trainer's fused SwiGLU recomputes SiLU) and down_proj's input (3i), all fp32: (6h + 2q + 2kv + 3i) x 4.
+  checked against autograd's saved tensors in tests). Full fp32, for instance: 2 RMSNorms x 2 tensors of h
+  (input, scaled: the trainer's fused RMSNorm recomputes the normalised one), rotated q and attention output
+  (2q), rotated k and v (2kv), gate, up (the trainer's fused SwiGLU recomputes SiLU) and down_proj's input
+  (3i), all fp32: (4h + 2q + 2kv + 3i) x 4.
   A frozen base saves less (no weight gradients: the norms keep their input, the MLP gate and up) but each
   adapter saves its input: with dropout, the mask and the dropped-out copy. With gradient checkpointing
   only each layer's input (h) stays, plus one layer's activations while it is recomputed and as much
@@ -83,12 +84,16 @@ def layer_terms(
     # Attention (rotated q, output; rotated k, v), fused attention's log-sum-exp per head, the norms' rsqrt.
     terms = [Term(q, a), Term(q, a), Term(kv, a), Term(kv, a), Term(arch.heads, 4), Term(2, 4)]
     if method == "full":
-        norm = {"fp32": [4, 4, 4], "half": [4, 2, 2], "bf16": [4, 2, 2], "mixed": [4, 4]}[precision]
+        if arch.fused_norm:  # input (its own dtype) and the scaled output the next matmul keeps
+            norm = {"fp32": [4, 4], "half": [2, 2], "bf16": [2, 2], "mixed": [4]}[precision]
+        else:  # plus an fp32 upcast of a half input and the normalised tensor
+            norm = {"fp32": [4, 4, 4], "half": [4, 2, 2], "bf16": [4, 2, 2], "mixed": [4, 4]}[precision]
         terms += [Term(h, s) for s in norm * 2] + [Term(i, a)] * (3 if arch.fused_mlp else 4)  # + down's input
         if precision == "mixed":
             terms += [Term(h, 2)] * 5  # q, k, v, gate, up each cast their fp32 input to bf16
         return terms
-    terms += [Term(h, 4), Term(h, 4)] + [Term(i, a)] * (2 if arch.fused_mlp else 3)  # norm inputs; gate, up
+    norm_in = 2 if arch.fused_norm and precision in ("half", "bf16") else 4  # the fused norm keeps no fp32 copy
+    terms += [Term(h, norm_in), Term(h, norm_in)] + [Term(i, a)] * (2 if arch.fused_mlp else 3)  # gate, up
     return terms + _lora_terms(arch, precision, targets, r, dropout, mask_size)
 
 

@@ -1,30 +1,47 @@
 """Every fast path is checked once, at start-up, against the model's own forward; a mismatch falls back.
 
-The trainer takes three shortcuts that are exact for Llama-shaped models but could be wrong for another
+The trainer takes shortcuts that are exact for Llama-shaped models but could be wrong for another
 architecture (a bias on the LM head, logit soft-capping, a non-causal or sliding-window mask, an MLP that
-is not plain SwiGLU):
-- `fused_mlp`: silu(gate) * up with SiLU recomputed in backward (tunesmith.train.kernels);
+is not plain SwiGLU, a norm that is not RMSNorm):
 - `mask_free`: right-padded rows without an attention mask, so SDPA takes its fused causal kernel;
+- `fused_mlp`: silu(gate) * up with SiLU recomputed in backward (tunesmith.train.kernels);
+- `fused_rms_norm`: RMSNorm keeping only its input and one rsqrt per token (tunesmith.train.kernels);
 - `head_on_targets`: the LM head only on supervised rows, fused with the cross-entropy.
 Each is compared with the plain path on a small probe batch (two rows of different lengths): logits on
-real tokens, and for the fused MLP also the gradients. The result goes to the log and the run manifest.
+real tokens, and for the swapped-in layers also the gradients of the first decoder layer's trainable
+weights. The swaps are checked together; if they disagree, one at a time, and only those that agree stay.
+The result goes to the log and the run manifest.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
 from tunesmith.data.tokenize import Encoded
+from tunesmith.train import kernels
 from tunesmith.train.batching import collate
-from tunesmith.train.kernels import fuse_gated_mlps, unfuse
 from tunesmith.train.loss import CompletionLoss
 
 log = logging.getLogger(__name__)
 
 PROBE_TOKENS = 32  # per probe row: enough to exercise padding and attention, cheap on a 7B model
+Undo = Callable[[], None]
+
+
+def _fuse_mlp(model: torch.nn.Module) -> Undo | None:
+    modules = kernels.fuse_gated_mlps(model)
+    return (lambda: kernels.unfuse(modules)) if modules else None
+
+
+def _fuse_norms(model: torch.nn.Module) -> Undo | None:
+    modules = kernels.fuse_rms_norms(model)
+    return (lambda: kernels.unfuse(modules)) if modules else None
+
+
+SWAPS: dict[str, Callable[[torch.nn.Module], Undo | None]] = {"fused_mlp": _fuse_mlp, "fused_rms_norm": _fuse_norms}
 
 
 def _probe(examples: Sequence[Encoded], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,38 +87,82 @@ def _first_layer(model: torch.nn.Module) -> torch.nn.Module | None:
     return layers[0] if layers is not None and len(layers) else None
 
 
+class _Probe:
+    """The plain path's logits and gradients on the probe batch, and a test of the model against them."""
+
+    def __init__(self, model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor):
+        self.model, self.ids, self.mask = model, ids, mask
+        self.tol, self.real = _tolerance(model), mask.bool()
+        with torch.no_grad():
+            self.logits = _logits(model, ids, mask)
+        self.weights = torch.randn(self.logits.shape, generator=torch.Generator().manual_seed(0)).to(ids.device)
+        self.grads: list[torch.Tensor] = []
+
+    def mask_free(self) -> tuple[bool, float]:
+        with torch.no_grad():
+            return _same(_logits(self.model, self.ids, None)[self.real], self.logits[self.real], self.tol)
+
+    def plain_grads(self) -> None:
+        self.grads = _grads(self.model, self.ids, self.mask, self.weights)
+
+    def agrees(self) -> tuple[bool, float]:
+        """Whether the model as it stands now gives the plain path's logits and first-layer gradients."""
+        assert self.grads, "plain gradients are taken before any swap"
+        with torch.no_grad():
+            ok, diff = _same(_logits(self.model, self.ids, self.mask)[self.real], self.logits[self.real], self.tol)
+        grads = _grads(self.model, self.ids, self.mask, self.weights)
+        for g, p in zip(grads, self.grads, strict=True):
+            same, d = _same(g, p, self.tol)
+            ok, diff = ok and same, max(diff, d)
+        return ok, diff
+
+
 def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_id: int, device: str) -> dict[str, bool]:
     """Switch on each shortcut that reproduces the plain path on a probe batch; return what is on."""
     model = loss_fn.model
     was_training = model.training
     model.eval()  # dropout off: both paths must see the same function
     try:
-        ids, mask = _probe(examples, pad_id, device)
-        tol, real = _tolerance(model), mask.bool()
-        with torch.no_grad():
-            reference = _logits(model, ids, mask)
-            ok, diff = _same(_logits(model, ids, None)[real], reference[real], tol)
+        probe = _Probe(model, *_probe(examples, pad_id, device))
+        ok, diff = probe.mask_free()
         loss_fn.mask_free = _report("mask_free", ok, diff)
-
-        weights = torch.randn(reference.shape, generator=torch.Generator().manual_seed(0)).to(reference.device)
-        plain = _grads(model, ids, mask, weights)
-        fused = fuse_gated_mlps(model)
-        if fused:
-            with torch.no_grad():
-                ok, diff = _same(_logits(model, ids, mask)[real], reference[real], tol)
-            grads = _grads(model, ids, mask, weights)
-            for g, p in zip(grads, plain, strict=True):
-                same, d = _same(g, p, tol)
-                ok, diff = ok and same, max(diff, d)
-            if not _report("fused_mlp", ok, diff):
-                unfuse(fused)
+        probe.plain_grads()
+        swaps = _swap_checked(model, probe)
         with torch.no_grad():
-            loss_fn.head_on_targets_only = _report("head_on_targets", loss_fn.head_matches(ids, mask, tol), 0.0)
+            loss_fn.head_on_targets_only = _report("head_on_targets",
+                                                   loss_fn.head_matches(probe.ids, probe.mask, probe.tol), 0.0)
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)
-    return {"mask_free": loss_fn.mask_free, "fused_mlp": bool(fused) and "forward" in vars(fused[0]),
+    return {"mask_free": loss_fn.mask_free, **{n: n in swaps for n in SWAPS},
             "head_on_targets": loss_fn.head_on_targets_only}
+
+
+def _swap_checked(model: torch.nn.Module, probe: _Probe) -> dict[str, Undo]:
+    """Apply the swaps that agree with the plain path; return them with their undo."""
+    applied = {n: u for n in SWAPS if (u := SWAPS[n](model)) is not None}
+    ok, diff = probe.agrees()
+    if ok or not applied:
+        for n in applied:
+            _report(n, True, diff)
+        return applied
+    for undo in applied.values():
+        undo()
+    kept: dict[str, Undo] = {}
+    for name in applied:  # one at a time: which of them differs?
+        undo = SWAPS[name](model)
+        assert undo is not None
+        ok, diff = probe.agrees()
+        if _report(name, ok, diff):
+            kept[name] = undo
+        undo()
+    swaps = {n: u for n in kept if (u := SWAPS[n](model)) is not None}
+    if swaps and not probe.agrees()[0]:  # each agrees alone but not together: none at all
+        for name, undo in swaps.items():
+            undo()
+            _report(name, False, diff)
+        return {}
+    return swaps
 
 
 def _report(name: str, ok: bool, diff: float) -> bool:
