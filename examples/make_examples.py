@@ -7,6 +7,8 @@
 - sql.jsonl          chat messages, 220 rows: text-to-SQL for the schema in sql_schema.sql
 - glossary.csv       prompt/completion as CSV, 24 rows: fine-tuning terms explained
 - plain_english.json Alpaca (instruction/input/output) as a JSON array, 20 rows: rewrite jargon plainly
+- agent_train.jsonl  chat with tool calls, 300 rows: Kettlebird's support desk agent (tools in agent_desk.py)
+- agent_eval.jsonl   the held-out split of the same, 80 rows about orders the training rows never mention
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import _agent  # noqa: E402
 import _persona  # noqa: E402
 import _small  # noqa: E402
 import _sql  # noqa: E402
 import _support  # noqa: E402
+import agent_desk  # noqa: E402
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -43,6 +47,12 @@ def main(out: Path = HERE) -> None:
         writer.writerows(_small.GLOSSARY)
     rows = [{"instruction": i, "input": x, "output": o} for i, x, o in _small.PLAIN_ENGLISH]
     (out / "plain_english.json").write_text(json.dumps(rows, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    db = agent_desk.open_desk(seed=0)
+    train_orders, eval_orders = _agent.split_orders(db, seed=4)
+    header = _agent.tools_header()
+    seen = _agent.Distinct()  # held-out rows must not nearly repeat a training row
+    write_jsonl(out / "agent_train.jsonl", [header, *_agent.make(random.Random(5), db, 300, train_orders, seen)])
+    write_jsonl(out / "agent_eval.jsonl", [header, *_agent.make(random.Random(6), db, 80, eval_orders, seen)])
 
 
 if __name__ == "__main__":

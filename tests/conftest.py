@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # MLflow 3 reports usage to its makers unless told not to
+
+# The examples (agent.py and the tools it runs) are imported by the tests that run them.
+sys.path.append(str(Path(__file__).resolve().parent.parent / "examples"))
 
 
 @pytest.fixture(scope="session")
@@ -26,3 +30,12 @@ def tiny_tokenizer(tiny_model_dir: Path):
     from tunesmith.model.loading import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="session")
+def scripted_tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model (2048 positions: tool schemas make long prompts) trained to follow the scripted tool
+    conversations of tests/tool_helpers.py."""
+    from tool_helpers import train_scripted_model
+
+    return train_scripted_model(tmp_path_factory.mktemp("scripted-tools"))

@@ -25,3 +25,24 @@ def test_builtin_model_answers_capital_of_france():
     # The real template round-trips: what training sees starts with exactly what inference feeds.
     enc = encode(tokenizer, [*messages, {"role": "assistant", "content": reply.strip()}])
     assert enc.roundtrip_ok and enc.input_ids[: len(ids)] == ids
+
+
+@pytest.mark.slow
+def test_agent_example_renders_with_the_fallback_on_the_builtin_model():
+    """SmolLM2's template has no tool syntax: the fallback renders every agent row, within the documented
+    recipe's max_length, with the tools in the system turn instead of the template's default prompt."""
+    from pathlib import Path
+
+    from tunesmith.data.formats import load_dataset
+    from tunesmith.data.tool_template import native_syntax
+    from tunesmith.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    assert native_syntax(tokenizer) is None
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    for name in ("agent_train.jsonl", "agent_eval.jsonl"):
+        for ex in load_dataset(examples / name).examples:
+            enc = encode(tokenizer, ex.messages, 640, tools=ex.tools)
+            assert enc.roundtrip_ok and not enc.truncated, ex.source
+            text = tokenizer.decode(enc.input_ids)
+            assert "<tools>" in text and "SmolLM" not in text

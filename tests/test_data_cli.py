@@ -63,7 +63,7 @@ def test_invalid_data_exits_2_listing_problems_without_traceback(monkeypatch, ca
      "prompt=question,completion=answer"),
     ([str(EXAMPLES / "support.jsonl"), "--columns", "question=prompt"],
      "error: --columns: 'question' is not a key of any format; map columns to messages, conversations, system, "
-     "prompt, completion, instruction, input, output, text"),
+     "prompt, completion, instruction, input, output, text, tools"),
 
     ([str(EXAMPLES / "support.jsonl"), "--model", "no-such-model"],
      "error: model 'no-such-model': not a local folder, a built-in model (smollm2-135m) or a hub id like 'org/name'"),

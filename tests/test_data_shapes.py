@@ -51,24 +51,22 @@ def test_sharegpt_roles_map_to_chat(tmp_path):
 
 def test_sharegpt_turn_problems_name_the_record_fields(tmp_path):
     path = _jsonl(tmp_path, [
-        {"conversations": [{"from": "gpt", "value": "hi"}, {"from": "observation", "value": "42"},
-                           {"from": "bot", "value": ""}, "hello", {"from": 3, "text": "a"}]},
+        {"conversations": [{"from": "gpt", "value": "hi"}, {"from": "bot", "value": ""}, "hello",
+                           {"from": 3, "text": "a"}]},
         {"conversations": []},
         {"conversations": "human: hi"},
         {"conversations": _turns(("human", "a"), ("gpt", "b")), "id": 7, "system": 1},
     ])
     assert _problems(path) == [
-        "1: conversations[1].from: 'observation' is a tool turn; tunesmith's chat format has no tool messages yet: "
-        "remove tool turns (or the examples that use tools)",
-        "1: conversations[2].from: unknown role 'bot' (expected human, gpt or system)",
-        "1: conversations[2].value: empty text",
-        "1: conversations[3]: expected an object with from and value, got string",
-        "1: conversations[4].value: missing key",
-        "1: conversations[4].text: unexpected key (a turn has from, value)",
-        "1: conversations[4].from: expected a string, got number",
+        "1: conversations[1].from: unknown role 'bot' (expected human, gpt, system, function_call or observation)",
+        "1: conversations[1].value: empty text",
+        "1: conversations[2]: expected an object with from and value, got string",
+        "1: conversations[3].value: missing key",
+        "1: conversations[3].text: unexpected key (a turn has from, value)",
+        "1: conversations[3].from: expected a string, got number",
         "2: conversations: empty list; a conversation needs a human turn and a gpt reply",
         "3: conversations: expected a list of messages, got string",
-        "4: id: unexpected key (a sharegpt record has only conversations, system)",
+        "4: id: unexpected key (a sharegpt record has only conversations, system, tools)",
         "4: system: expected a string, got number",
     ]
 
@@ -91,6 +89,94 @@ def test_sharegpt_turn_order(tmp_path, turns, problem):
 def test_sharegpt_system_given_twice(tmp_path):
     path = _jsonl(tmp_path, [{"conversations": _turns(("system", "s"), ("human", "a"), ("gpt", "b")), "system": "t"}])
     assert _problems(path) == ["1: system: given twice, as the system key and as conversations[0]; keep one"]
+
+
+# --- ShareGPT tool calling (LLaMA-Factory's function_call / observation turns) -------------------------------------
+
+LOOKUP = {"name": "lookup_order", "description": "Find an order",
+          "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]}}
+
+
+def _call(*calls: tuple[str, dict]) -> str:
+    items = [{"name": n, "arguments": a} for n, a in calls]
+    return json.dumps(items if len(items) > 1 else items[0])
+
+
+def test_sharegpt_tool_turns_become_tool_calls(tmp_path):
+    rows = [
+        {"conversations": _turns(("human", "Where is A1?"),
+                                 ("function_call", _call(("lookup_order", {"order_id": "A1"}))),
+                                 ("observation", '{"status": "shipped"}'), ("gpt", "It has shipped.")),
+         "tools": json.dumps([LOOKUP]), "system": "Be brief."},  # LLaMA-Factory: tools as a JSON string
+        {"conversations": _turns(("human", "A1 and B2?"),
+                                 ("function_call", _call(("lookup_order", {"order_id": "A1"}),
+                                                         ("lookup_order", {"order_id": "B2"}))),
+                                 ("observation", "shipped"), ("observation", "packed"), ("gpt", "Shipped; packed.")),
+         "tools": [{"type": "function", "function": LOOKUP}]},  # OpenAI's wrapped definitions, as a list
+        {"conversations": _turns(("human", "Hi"), ("gpt", "Hello!")), "tools": json.dumps([LOOKUP])},  # no call
+        {"conversations": _turns(("human", "Hi"), ("gpt", "Hello!")), "tools": ""},  # "": no tools
+    ]
+    data = load_dataset(_jsonl(tmp_path, rows))
+    first, parallel, no_call, plain = data.examples
+    assert first.messages == [
+        SYSTEM, {"role": "user", "content": "Where is A1?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_1_0", "type": "function",
+             "function": {"name": "lookup_order", "arguments": '{"order_id": "A1"}'}}]},
+        {"role": "tool", "content": '{"status": "shipped"}', "tool_call_id": "call_1_0"},
+        {"role": "assistant", "content": "It has shipped."},
+    ]
+    assert first.tools == parallel.tools == no_call.tools == [{"type": "function", "function": LOOKUP}]
+    assert [m.get("tool_call_id") for m in parallel.messages] == [None, None, "call_1_0", "call_1_1", None]
+    assert no_call.messages == [USER | {"content": "Hi"}, ASSISTANT] and plain.tools is None
+
+
+def test_sharegpt_tool_problems_name_the_turn(tmp_path):
+    bad_args = _call(("lookup_order", {"order_id": 5}), ("lookup_order", {}))
+    path = _jsonl(tmp_path, [
+        {"conversations": _turns(("human", "a"), ("function_call", _call(("cancel", {}))), ("observation", "x"),
+                                 ("gpt", "b")), "tools": [LOOKUP]},
+        {"conversations": _turns(("human", "a"), ("function_call", "lookup_order(A1)"), ("observation", "x"),
+                                 ("gpt", "b")), "tools": [LOOKUP]},
+        {"conversations": _turns(("human", "a"), ("observation", "x"), ("gpt", "b"))},
+        {"conversations": _turns(("human", "a"), ("function_call", bad_args), ("observation", "x"),
+                                 ("observation", "y"), ("gpt", "b")), "tools": [LOOKUP]},
+        {"conversations": _turns(("human", "a"), ("gpt", "b")), "tools": "[{"},
+    ])
+    assert _problems(path) == [
+        "1: conversations[1].value.name: calls 'cancel', which is not declared (declared: lookup_order)",
+        "2: conversations[1].value: not JSON (Expecting value at column 1); a function_call turn holds "
+        '{"name": ..., "arguments": {...}}',
+        "3: conversations[1].from: 'observation' is a tool result, but no function_call turn before it has a call "
+        "left to answer (one result per call)",
+        "4: conversations[1].value[0].arguments: order_id: 5 is not of type 'string'",
+        "4: conversations[1].value[1].arguments: 'order_id' is a required property",
+        "5: tools: not a JSON list of tool definitions (Expecting property name enclosed in double quotes at "
+        "column 3)",
+    ]
+
+
+def test_sharegpt_tools_column_of_a_parquet_file_is_read(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    turns = _turns(("human", "Where is A1?"), ("function_call", _call(("lookup_order", {"order_id": "A1"}))),
+                   ("observation", "shipped"), ("gpt", "It has shipped."))
+    rows = [{"conversations": turns, "tools": json.dumps([LOOKUP]), "id": 1},
+            {"conversations": _turns(("human", "Hi"), ("gpt", "Hello!")), "tools": None, "id": 2}]  # null: no tools
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "t.parquet")
+    data = load_dataset(tmp_path / "t.parquet")
+    assert [e.tools for e in data.examples] == [[{"type": "function", "function": LOOKUP}], None]
+    assert data.ignored_columns == ["id"]
+
+
+def test_file_level_tools_only_for_formats_that_call_them(tmp_path):
+    path = _jsonl(tmp_path, [{"tools": [{"type": "function", "function": LOOKUP}]}, {"prompt": "a", "completion": "b"}])
+    assert _problems(path) == [" tools: the first record declares tools, but prompt_completion records cannot call "
+                               "them; tools go with the chat or sharegpt format"]
+    sharegpt = _jsonl(tmp_path, [{"tools": [{"type": "function", "function": LOOKUP}]},
+                                 {"conversations": _turns(("human", "Hi"), ("gpt", "Hello!"))}], "s.jsonl")
+    assert load_dataset(sharegpt).examples[0].tools == [{"type": "function", "function": LOOKUP}]
 
 
 # --- TRL's conversational prompt/completion ---------------------------------------------------------------------

@@ -8,6 +8,7 @@ import random
 import pytest
 import torch
 
+from tunesmith.data.formats import Example
 from tunesmith.data.tokenize import IGNORE, Encoded, encode, encode_text
 from tunesmith.errors import ModelError
 from tunesmith.model.loading import load_model
@@ -116,7 +117,8 @@ def test_pack_keeps_every_example_once_within_max_length():
 
 
 def test_training_rows_pack_documents_and_split_long_ones(tiny_tokenizer):
-    rows, dropped = training_rows(tiny_tokenizer, [DOCS[0] * 3, *DOCS[1:]], 32, packed=True)
+    docs = [Example(messages=[], source=f"doc{i}", text=d) for i, d in enumerate([DOCS[0] * 3, *DOCS[1:]])]
+    rows, dropped = training_rows(tiny_tokenizer, docs, 32, packed=True)
     assert dropped == 0 and all(len(r.input_ids) <= 32 for r in rows)
     pieces = [p for d in [DOCS[0] * 3, *DOCS[1:]] for p in encode_text(tiny_tokenizer, d, 32)]
     assert sorted(tuple(e.input_ids) for r in rows for e in unpack(r)) == sorted(tuple(p.input_ids) for p in pieces)

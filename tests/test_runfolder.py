@@ -51,7 +51,8 @@ def test_run_folder_reads_what_training_wrote(run: RunFolder, base_copy: Path):
     assert run.base().path == str(base_copy.resolve())
     assert [r["step"] for r in run.metrics() if "loss" in r] == [1, 2, 3]
     assert run.data_file("train") is not None and run.output().name == "adapter"
-    assert run.manifest()["fast_paths"] == {"mask_free": True, "fused_mlp": True, "head_on_targets": True}
+    assert run.manifest()["fast_paths"] == {"mask_free": True, "fused_mlp": True, "head_on_targets": True,
+                                          "fused_rms_norm": True}
 
 
 def test_a_base_is_resolved_by_its_recorded_path_not_the_current_folder(run: RunFolder, monkeypatch, tmp_path):

@@ -21,7 +21,7 @@ CORPUS = [
 ] * 4
 
 
-def build_tokenizer(folder: Path):
+def build_tokenizer(folder: Path, corpus: list[str] | None = None, vocab_size: int = 400):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -29,9 +29,9 @@ def build_tokenizer(folder: Path):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.train_from_iterator(corpus or CORPUS, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|pad|>",
         unk_token="<|endoftext|>",
@@ -41,17 +41,21 @@ def build_tokenizer(folder: Path):
     return fast
 
 
-def build_tiny_model(folder: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2) -> Path:
-    """Write a tiny causal LM folder (config.json + model.safetensors + tokenizer) and return it."""
+def build_tiny_model(
+    folder: str | Path, *, seed: int = 0, hidden: int = 64, layers: int = 2, max_positions: int = 512,
+    corpus: list[str] | None = None, vocab_size: int = 400,
+) -> Path:
+    """Write a tiny causal LM folder (config.json + model.safetensors + tokenizer) and return it; the
+    tokenizer learns its merges from `corpus` (default: a few support-desk lines)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(folder)
+    tok = build_tokenizer(folder, corpus, vocab_size)
     config = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_positions,
         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )

@@ -31,6 +31,7 @@ from tunesmith.errors import ModelError, RunError
 
 if TYPE_CHECKING:
     from tunesmith.config import TrainConfig
+    from tunesmith.data.formats import Example
     from tunesmith.model.loading import ModelRef
 
 CONFIG = "config.yaml"
@@ -135,8 +136,8 @@ class RunFolder:
     def method(self) -> str:
         return str(self.manifest().get("method", "lora"))
 
-    def write_start(self, config: TrainConfig, manifest: dict[str, Any], train: Sequence[Messages],
-                    eval_rows: Sequence[Messages]) -> None:
+    def write_start(self, config: TrainConfig, manifest: dict[str, Any], train: Sequence[Example],
+                    eval_rows: Sequence[Example]) -> None:
         """What a run writes before its first step: settings, data split, manifest (last: it marks a run)."""
         from tunesmith.config import dump_yaml
 
@@ -266,10 +267,10 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _write_jsonl(path: Path, rows: Sequence[Messages]) -> None:
+def _write_jsonl(path: Path, rows: Sequence[Example]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:  # a document (the `text` format) is a string
-            f.write(json.dumps({"text": row} if isinstance(row, str) else {"messages": row}, ensure_ascii=False) + "\n")
+        for row in rows:  # a chat example (with its tools, if any) or a document (the `text` format)
+            f.write(json.dumps(row.record(), ensure_ascii=False) + "\n")
     os.replace(tmp, path)

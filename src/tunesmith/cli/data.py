@@ -116,6 +116,8 @@ def _print_report(r: Report, model: str) -> None:
     t.add_row("near duplicates", _groups(r.near_duplicates))
     if not text:
         t.add_row("conflicting completions", _groups([c["sources"] for c in r.conflicts]))
+    if r.tools is not None:
+        _tool_rows(t, r.tools)
     if r.tokens is not None:
         _token_rows(t, r, model)
     t.add_row("likely secrets", _hits(r.secrets, bad=True))
@@ -142,6 +144,15 @@ def _token_rows(t: Table, r: Report, model: str) -> None:
     fails = len(s.roundtrip_failures)
     t.add_row("template round-trip", _mark(not fails, f"{r.count - fails}/{r.count} ok"
                                            + (f"; fails: {_where(s.roundtrip_failures)}" if fails else ""), bad=True))
+
+
+def _tool_rows(t: Table, s: Any) -> None:
+    per_fn = " · ".join(f"{name} {n}" for name, n in s.calls_per_function.items())
+    t.add_row("tool calls", _mark(not s.never_called, f"{s.calls} in {s.rows_with_calls} examples: {per_fn}"))
+    t.add_row("  no call / parallel", _mark(s.rows_without_call > 0, f"{s.rows_without_call} examples without a call"
+                                            f" · {s.parallel_calls} parallel"))
+    cov = " · ".join(f"{name} {len(c['used'])}/{len(c['declared'])}" for name, c in s.coverage.items())
+    t.add_row("  arguments set / declared", cov)
 
 
 def _leak_rows(t: Table, r: Report) -> None:

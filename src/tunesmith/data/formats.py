@@ -7,6 +7,8 @@ Record formats, auto-detected by keys or named by the user:
 - `alpaca`: {"instruction", "input" (optional), "output"} -> user = instruction (+ blank line + input)
 - `chat`: {"messages": [{"role", "content"}, ...]} in the OpenAI shape (optional system first, then
   user/assistant alternating, ending with assistant). In CSV the `messages` cell holds that JSON list.
+  With tool calling (OpenAI's fine-tuning shape: `tools`, `tool_calls`, role `tool`, `weight`, `name`; a
+  first record holding only `tools` declares them for the whole file) see `tunesmith.data.tools`.
 - `sharegpt`, `chat_prompt_completion` (TRL's conversational prompt/completion) and `text` (a document for
   language modelling): see `shapes`.
 `columns` renames keys first: `prompt=question` reads each record's `question` as its `prompt`.
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from tunesmith.data import readers, shapes
+from tunesmith.data import tools as tool_data
 from tunesmith.data.readers import Record as _Record
 from tunesmith.data.readers import file_sha256 as file_sha256  # the one content hash, for manifests and reports
 from tunesmith.data.validate import json_type
@@ -42,14 +45,27 @@ Columns = str | Mapping[str, str] | None  # "prompt=question,completion=answer",
 class Example:
     """One training example in canonical chat form (or a document, for `text`), and where it came from."""
 
-    messages: list[dict[str, str]]  # [{"role": "system"|"user"|"assistant", "content": str}, ...]; [] for text
+    messages: list[dict[str, Any]]  # [{"role": "system"|"user"|"assistant"|"tool", "content": str, ...}]; [] for text
     source: str  # "file.jsonl:12" (JSONL line / JSON array index / CSV line / table row / document path)
     text: str | None = None  # a document for language modelling (the `text` format)
+    tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions the conversation may call
+    parallel_tool_calls: bool | None = None  # as the record said (False: one call per message at most)
 
     @property
-    def content(self) -> list[dict[str, str]] | str:
-        """What training encodes: the document's text, or the chat messages."""
+    def content(self) -> list[dict[str, Any]] | str:
+        """What training encodes: the document's text, or the chat messages (rendered with `tools`)."""
         return self.text if self.text is not None else self.messages
+
+    def record(self) -> dict[str, Any]:
+        """The example as one JSONL record (what `data prepare` and run folders write): text, or chat."""
+        if self.text is not None:
+            return {"text": self.text}
+        row: dict[str, Any] = {"messages": self.messages}
+        if self.tools:
+            row["tools"] = self.tools
+        if self.parallel_tool_calls is not None:
+            row["parallel_tool_calls"] = self.parallel_tool_calls
+        return row
 
 
 @dataclass(frozen=True)
@@ -78,16 +94,22 @@ def load_dataset(path: str | Path, fmt: Format = "auto", columns: Columns = None
     if source is not None and source.documents and fmt not in ("auto", "text"):
         raise ConfigError(f"{name}: documents (.txt, .md) are read as text; --format {fmt} does not apply")
     records = _rename(source.records if source is not None else _read_records(Path(path), name), mapping)
+    records, file_tools = _file_tools(records)
     chosen: RecordFormat = _choose_format(records, name) if fmt == "auto" else fmt
     ignored: list[str] = []
     if source is not None and source.columns is not None:
         records, ignored = _used_columns(records, source.columns, chosen, name, mapping)
-    examples = _convert(records, chosen, detect=fmt == "auto")
+    if file_tools is not None and chosen not in shapes.TOOL_FORMATS:
+        raise DataError([f"{name}: tools: the first record declares tools, but {chosen} records cannot call "
+                         f"them; tools go with the {' or '.join(shapes.TOOL_FORMATS)} format"])
+    examples = _convert(records, chosen, detect=fmt == "auto", file_tools=file_tools)
     sha256 = source.sha256 if source is not None else readers.file_sha256(Path(path))
     return Dataset(path=name, format=chosen, examples=examples, sha256=sha256, ignored_columns=ignored)
 
 
-def _convert(records: list[_Record], chosen: RecordFormat, *, detect: bool) -> list[Example]:
+def _convert(
+    records: list[_Record], chosen: RecordFormat, *, detect: bool, file_tools: list[dict[str, Any]] | None
+) -> list[Example]:
     problems: list[str] = []
     examples: list[Example] = []
     for rec in records:
@@ -101,12 +123,17 @@ def _convert(records: list[_Record], chosen: RecordFormat, *, detect: bool) -> l
                 f"({_keys(chosen)}); one file holds one format"
             )
             continue
-        content, errs = shapes.convert(rec.value, chosen)
+        value = rec.value
+        if file_tools is not None and isinstance(value, dict) and "tools" not in value and "functions" not in value:
+            value = {**value, "tools": file_tools}  # the file-level set, for rows that declare none
+        content, errs = shapes.convert(value, chosen)
         problems += [f"{rec.where}: {e}" for e in errs]
         if isinstance(content, str) and not errs:
             examples.append(Example(messages=[], source=rec.where, text=content))
         elif content is not None and not errs:
-            examples.append(Example(messages=content, source=rec.where))
+            parallel = value.get("parallel_tool_calls") if isinstance(value.get("parallel_tool_calls"), bool) else None
+            examples.append(Example(messages=content, source=rec.where, tools=shapes.record_tools(value, chosen),
+                                    parallel_tool_calls=parallel))
     if problems:
         raise DataError(problems)
     return examples
@@ -127,9 +154,9 @@ def parse_columns(spec: Columns) -> dict[str, str]:
                                   "e.g. prompt=question,completion=answer")
             pairs[key] = column
     for key in pairs:
-        if key not in shapes.KEY_ORDER:
+        if key not in shapes.COLUMN_KEYS:
             raise ConfigError(f"--columns: '{key}' is not a key of any format; map columns to "
-                              f"{', '.join(shapes.KEY_ORDER)}")
+                              f"{', '.join(shapes.COLUMN_KEYS)}")
     if len(set(pairs.values())) != len(pairs):
         raise ConfigError(f"--columns: one column is mapped to two keys in {spec}")
     return pairs
@@ -173,6 +200,22 @@ def _used_columns(
 
 def _keys(fmt: str) -> str:
     return shapes.keys_of(fmt)
+
+
+def _file_tools(records: list[_Record]) -> tuple[list[_Record], list[dict[str, Any]] | None]:
+    """A first record holding only `tools` declares them for every row; the rest are the examples."""
+    if not records or records[0].error is not None or not tool_data.is_tools_header(records[0].value):
+        return records, None
+    head = records[0].value
+    key = "tools" if "tools" in head else "functions"
+    tools, problems = tool_data.check_tools(head[key], key, legacy=key == "functions")
+    if len(head) > 1:
+        problems.append("tools: the file-level record declares either tools or functions, not both")
+    if problems:
+        raise DataError([f"{records[0].where}: {p}" for p in problems])
+    if len(records) == 1:
+        raise DataError([f"{records[0].where}: file: only the tools are declared; no examples follow"])
+    return records[1:], tools
 
 
 def _choose_format(records: list[_Record], name: str) -> RecordFormat:
@@ -291,10 +334,13 @@ def _csv_record(where: str, header: list[str], row: list[str]) -> _Record:
         cells = f"{len(row)} cell{'s' if len(row) != 1 else ''}"
         return _Record(where, None, f"csv: row has {cells}, the header has {len(header)}")
     value: dict[str, Any] = dict(zip(header, row, strict=True))
-    if "messages" in value:
-        try:
-            value["messages"] = json.loads(value["messages"])
-        except json.JSONDecodeError as e:
-            return _Record(where, None, f"messages: not a JSON list of messages: {e.msg}")
+    for key in ("messages", "tools"):
+        if key == "tools" and not value.get(key, "").strip():
+            value.pop(key, None)  # an empty tools cell: the row declares none
+        elif key in value:
+            try:
+                value[key] = json.loads(value[key])
+            except json.JSONDecodeError as e:
+                return _Record(where, None, f"{key}: not a JSON list of {key}: {e.msg}")
     return _Record(where, value)
 

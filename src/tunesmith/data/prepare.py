@@ -154,8 +154,7 @@ def _check_out(folder: Path, source: Path, force: bool) -> None:
 
 
 def _write_jsonl(path: Path, examples: Sequence[Example]) -> Path:
-    rows = ({"text": e.text} if e.text is not None else {"messages": e.messages} for e in examples)
-    return _write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    return _write_text(path, "".join(json.dumps(e.record(), ensure_ascii=False) + "\n" for e in examples))
 
 
 def _write_text(path: Path, text: str) -> Path:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from tunesmith.data import pii, similarity
 from tunesmith.data.formats import Dataset, Example
 from tunesmith.data.tokenize import encode, encode_text
+from tunesmith.data.tools import iter_calls, parse_arguments
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -45,6 +46,24 @@ class TokenStats:
 
 
 @dataclass(frozen=True)
+class ToolStats:
+    """Tool calling in the data: who is called how often, and which declared arguments the calls exercise."""
+
+    rows_with_tools: int  # examples that declare tools
+    rows_with_calls: int
+    rows_without_call: int  # examples with tools that never call one (they teach when not to call)
+    calls: int
+    calls_per_function: dict[str, int]  # every declared function, 0 when never called
+    parallel_calls: int  # assistant messages with more than one call
+    untrained_turns: int  # assistant messages with weight 0
+    coverage: dict[str, dict[str, list[str]]]  # function -> {"declared": properties, "used": set by some call}
+
+    @property
+    def never_called(self) -> list[str]:
+        return [name for name, n in self.calls_per_function.items() if n == 0]
+
+
+@dataclass(frozen=True)
 class Leakage:
     eval_path: str
     eval_count: int
@@ -65,7 +84,7 @@ class Report:
     format: str
     count: int
     advised_min: int
-    multi_turn: int  # examples with more than one assistant reply
+    multi_turn: int  # examples with more than one user turn
     with_system: int  # examples with a system message
     exact_duplicates: list[list[str]]  # groups of sources, first occurrence first
     near_duplicates: list[list[str]]
@@ -74,6 +93,7 @@ class Report:
     personal_data: list[pii.Hit]
     tokens: TokenStats | None = None
     leakage: Leakage | None = None
+    tools: ToolStats | None = None  # when some example declares tools
     ignored_columns: list[str] = field(default_factory=list)  # table columns the format does not use
 
     @property
@@ -98,17 +118,48 @@ def build_report(
         format=data.format,
         count=len(ex),
         advised_min=0 if data.format == "text" else ADVISED_MIN,  # knowledge is not counted in documents
-        multi_turn=sum(1 for e in ex if sum(m["role"] == "assistant" for m in e.messages) > 1),
+        multi_turn=sum(1 for e in ex if sum(m["role"] == "user" for m in e.messages) > 1),  # tool turns aside
         with_system=sum(1 for e in ex if e.messages and e.messages[0]["role"] == "system"),
         exact_duplicates=_sources(ex, similarity.exact_duplicates(ex)),
         near_duplicates=_sources(ex, similarity.near_duplicates(ex)),
-        conflicts=[{"prompt": _excerpt(ex[g[0]].messages[-2]["content"]),
+        conflicts=[{"prompt": _excerpt(next(m["content"] for m in reversed(ex[g[0]].messages) if m["role"] == "user")),
                     "sources": [ex[i].source for i in g]} for g in similarity.conflicts(ex)],
         secrets=[h for h in hits if h.kind == "secret"],
         personal_data=[h for h in hits if h.kind == "pii"],
         tokens=token_stats(ex, tokenizer, max_length) if tokenizer is not None else None,
         leakage=leakage(ex, eval_data) if eval_data is not None else None,
         ignored_columns=list(data.ignored_columns),
+        tools=tool_stats(ex),
+    )
+
+
+def tool_stats(examples: Sequence[Example]) -> ToolStats | None:
+    """Counts of calls per function, rows with and without calls, parallel calls and argument coverage."""
+    with_tools = [e for e in examples if e.tools]
+    if not with_tools:
+        return None
+    per_fn: dict[str, int] = {}
+    coverage: dict[str, dict[str, list[str]]] = {}
+    for e in with_tools:
+        for t in e.tools or []:
+            fn = t["function"]
+            per_fn.setdefault(fn["name"], 0)
+            props = list((fn.get("parameters") or {}).get("properties") or {})
+            coverage.setdefault(fn["name"], {"declared": props, "used": []})
+    for e in with_tools:
+        for _, _, call in iter_calls(e.messages):
+            name = call["function"]["name"]
+            per_fn[name] = per_fn.get(name, 0) + 1
+            args, _ = parse_arguments(call["function"]["arguments"])
+            used = coverage.setdefault(name, {"declared": [], "used": []})["used"]
+            used += [k for k in args or {} if k not in used]
+    assistant = [m for e in examples for m in e.messages if m["role"] == "assistant"]
+    calling = sum(1 for e in with_tools if any(True for _ in iter_calls(e.messages)))
+    return ToolStats(
+        rows_with_tools=len(with_tools), rows_with_calls=calling, rows_without_call=len(with_tools) - calling,
+        calls=sum(per_fn.values()), calls_per_function=per_fn,
+        parallel_calls=sum(1 for m in assistant if len(m.get("tool_calls") or []) > 1),
+        untrained_turns=sum(1 for m in assistant if m.get("weight", 1) == 0), coverage=coverage,
     )
 
 
@@ -117,7 +168,7 @@ def token_stats(
 ) -> TokenStats:
     if any(e.text is not None for e in examples):
         return _document_stats(examples, tokenizer, max_length)
-    encoded = [encode(tokenizer, e.messages, max_length) for e in examples]
+    encoded = [encode(tokenizer, e.messages, max_length, tools=e.tools) for e in examples]
     pairs = list(zip(examples, encoded, strict=True))
     lengths = sorted(e.full_length for e in encoded)
     return TokenStats(
@@ -191,11 +242,25 @@ def verdict(r: Report) -> Verdict:
     if r.leakage and r.leakage.near:
         n = len(r.leakage.near)
         warnings.append(f"{n} of {r.leakage.eval_count} eval examples nearly duplicate a training example")
+    if r.tools is not None:
+        _tool_warnings(r.tools, warnings)
     if t and t.truncated:
         warnings.append(f"{_n(t.truncated, 'example')} longer than --max-length {t.max_length} lose "
                         f"{_n(t.supervised_lost, 'supervised token')}; {len(t.emptied)} lose all of them")
     level = "problems" if problems else "warnings" if warnings else "ok"
     return Verdict(level, problems, warnings)
+
+
+def _tool_warnings(s: ToolStats, out: list[str]) -> None:
+    if s.never_called:
+        out.append(f"{_n(len(s.never_called), 'declared function')} never called ({', '.join(s.never_called)}): "
+                   "the model cannot learn when to call them")
+    if s.rows_without_call == 0:
+        out.append("every example calls a tool: add examples that need no call, or the model learns to always call")
+    unused = [f"{name}.{p}" for name, c in s.coverage.items() for p in c["declared"] if p not in c["used"]]
+    if unused:
+        out.append(f"{_n(len(unused), 'declared argument')} never set by any call: {', '.join(unused[:5])}"
+                   + (" …" if len(unused) > 5 else ""))
 
 
 def _add(out: list[str], count: int, noun: str, rest: str) -> None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from tunesmith.data.formats import Example
+from tunesmith.data.tools import message_text
 
 NEAR_THRESHOLD = 0.85  # Jaccard similarity of 5-gram sets above which two examples are near duplicates
 SHINGLE = 5
@@ -40,14 +41,14 @@ def prompt_key(ex: Example) -> str:
     """What the model is asked: every message before the last reply (system included), normalised."""
     if ex.text is not None:
         return "text\x1f" + normalise(ex.text)
-    return "\x1e".join(f"{m['role']}\x1f{normalise(m['content'])}" for m in ex.messages[:-1])
+    return "\x1e".join(f"{m['role']}\x1f{normalise(message_text(m))}" for m in ex.messages[:-1])
 
 
 def compared_text(ex: Example) -> str:
     """The normalised text near-duplicate detection compares (system messages left out)."""
     if ex.text is not None:
         return normalise(ex.text)
-    return " ".join(normalise(m["content"]) for m in ex.messages if m["role"] != "system")
+    return " ".join(normalise(message_text(m)) for m in ex.messages if m["role"] != "system")
 
 
 def exact_duplicates(examples: Sequence[Example]) -> list[list[int]]:
@@ -60,7 +61,7 @@ def conflicts(examples: Sequence[Example]) -> list[list[int]]:
     replies: dict[str, dict[str, list[int]]] = defaultdict(dict)
     for i, ex in enumerate(examples):
         if ex.messages:  # a document has no reply to conflict
-            replies[prompt_key(ex)].setdefault(normalise(ex.messages[-1]["content"]), []).append(i)
+            replies[prompt_key(ex)].setdefault(normalise(message_text(ex.messages[-1])), []).append(i)
     return [sorted(i for g in by_reply.values() for i in g) for by_reply in replies.values()
             if len(by_reply) > 1]
 

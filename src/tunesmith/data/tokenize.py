@@ -1,10 +1,11 @@
 """Render examples with the tokenizer's chat template and build completion-only labels; encode documents.
 
-A chat example is a list of chat messages. The text trained on is exactly the chat template's rendering,
-so what the model learns matches what inference feeds it (`add_generation_prompt=True`). Labels are set
-only on assistant turns, and each turn's end-of-turn token (EOS) is supervised so the model learns to
-stop. Masks come from character spans mapped through the fast tokenizer's offsets: no guessing of token
-boundaries.
+A chat example is a list of chat messages (and, for tool calling, its tools). The text trained on is exactly
+the chat template's rendering, so what the model learns matches what inference feeds it
+(`add_generation_prompt=True`). Labels are set only on assistant turns (their tool calls included, never tool
+results; not on turns with `weight` 0), and each turn's end-of-turn token (EOS) is supervised so the model
+learns to stop. Tool conversations are rendered as `tool_template.template_view` says. Masks come from
+character spans mapped through the fast tokenizer's offsets: no guessing of token boundaries.
 
 A document (the `text` format) is plain text for language modelling: every token is a label, EOS ends it,
 and one longer than max_length is split into consecutive pieces, so nothing is cut off.
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from tunesmith.data.tool_template import template_view
 from tunesmith.errors import DataError
 
 if TYPE_CHECKING:
@@ -23,7 +25,8 @@ if TYPE_CHECKING:
 
 IGNORE = -100  # label of a position that is not trained on (PyTorch's cross-entropy ignore_index)
 
-Message = dict[str, str]
+Message = dict[str, Any]  # {"role", "content"} (+ "name", "weight", "tool_calls", "tool_call_id")
+Tools = list[dict[str, Any]] | None  # OpenAI tool definitions
 
 
 @dataclass(frozen=True)
@@ -51,26 +54,33 @@ class Encoded:
         return sum(1 for x in self.labels[1:] if x != IGNORE)
 
 
-def render(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *, generation_prompt: bool) -> str:
+def render(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], *, generation_prompt: bool, tools: Tools = None
+) -> str:
     """The chat template's text for `messages` (no tokenization)."""
-    return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt
-    )
+    view, extra = template_view(tokenizer, list(messages), tools)
+    return _apply(tokenizer, view, generation_prompt, extra)
+
+
+def _apply(tokenizer: PreTrainedTokenizerBase, messages: list[Message], generation_prompt: bool,
+           extra: dict[str, Any]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt, **extra)
 
 
 def supervised_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], tools: Tools = None
 ) -> tuple[str, list[tuple[int, int]], list[str]]:
-    """Full text, the character span of each assistant reply (content + EOS), and each reply's prompt text."""
+    """Full text, the character span of each trained assistant reply (content + EOS), and each reply's prompt."""
     eos = tokenizer.eos_token or ""
-    full = render(tokenizer, messages, generation_prompt=False)
+    view, extra = template_view(tokenizer, list(messages), tools)
+    full = _apply(tokenizer, view, False, extra)
     spans: list[tuple[int, int]] = []
     prompts: list[str] = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
+    for i, m in enumerate(view):
+        if m["role"] != "assistant" or m.get("weight", 1) == 0:
             continue
-        prompt = render(tokenizer, messages[:i], generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1], generation_prompt=False)
+        prompt = _apply(tokenizer, view[:i], True, extra)
+        upto = _apply(tokenizer, view[: i + 1], False, extra)
         if not (upto.startswith(prompt) and full.startswith(upto)):
             raise DataError(
                 ["chat template: rendering is not incremental (a turn changes earlier text); "
@@ -80,7 +90,7 @@ def supervised_spans(
         cut = turn.rfind(eos) if eos else -1
         if cut >= 0:
             end = len(prompt) + cut + len(eos)
-        elif i == len(messages) - 1:
+        elif i == len(view) - 1:
             full += eos  # template emits no EOS: append it so the model learns to stop
             end = len(full)
         else:
@@ -91,10 +101,11 @@ def supervised_spans(
 
 
 def encode(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], max_length: int | None = None,
+    tools: Tools = None,
 ) -> Encoded:
     """Tokenize one example; labels on assistant replies only; truncate on the right to `max_length`."""
-    full, spans, prompts = supervised_spans(tokenizer, messages)
+    full, spans, prompts = supervised_spans(tokenizer, messages, tools)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = list(enc["input_ids"])
     offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
@@ -129,17 +140,18 @@ def encode_text(tokenizer: PreTrainedTokenizerBase, text: str, max_length: int |
 
 
 def encode_row(
-    tokenizer: PreTrainedTokenizerBase, content: Sequence[Message] | str, max_length: int | None = None
+    tokenizer: PreTrainedTokenizerBase, content: Sequence[Message] | str, max_length: int | None = None,
+    tools: Tools = None,
 ) -> list[Encoded]:
-    """What training sees of one example: a chat example encoded, or a document's pieces."""
+    """What training sees of one example: a chat example (with its tools) encoded, or a document's pieces."""
     if isinstance(content, str):
         return encode_text(tokenizer, content, max_length)
-    return [encode(tokenizer, content, max_length)]
+    return [encode(tokenizer, content, max_length, tools=tools)]
 
 
-def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message]) -> list[int]:
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, messages: Sequence[Message], tools: Tools = None) -> list[int]:
     """Token ids inference feeds the model for a reply to `messages` (generation prompt added)."""
-    text = render(tokenizer, messages, generation_prompt=True)
+    text = render(tokenizer, messages, generation_prompt=True, tools=tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 

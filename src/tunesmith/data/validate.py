@@ -8,12 +8,14 @@ from __future__ import annotations
 
 from typing import Any
 
-Messages = list[dict[str, str]]
+from tunesmith.data import tools
+
+Messages = list[dict[str, Any]]
 
 # format -> (required keys, optional keys)
 FORMAT_KEYS: dict[str, tuple[list[str], list[str]]] = {
     "prompt_completion": (["prompt", "completion"], []),
-    "chat": (["messages"], []),
+    "chat": (["messages"], ["tools", "parallel_tool_calls", "functions"]),  # OpenAI's tool calling: data/tools.py
     "alpaca": (["instruction", "output"], ["input"]),
 }
 ROLES = ("system", "user", "assistant")
@@ -46,6 +48,9 @@ def to_messages(record: Any, fmt: str) -> tuple[Messages | None, list[str]]:
         return None, [f"record: expected a JSON object, got {json_type(record)}"]
     problems = _check_keys(record, fmt)
     if fmt == "chat":
+        if tools.is_tool_record(record) and "messages" in record:
+            messages, more = tools.chat_messages(record)
+            return messages, problems + more
         messages, more = _chat(record.get("messages"))
         return messages, problems + more
     required, optional = FORMAT_KEYS[fmt]

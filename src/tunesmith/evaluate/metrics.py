@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.data.tokenize import IGNORE, Message, encode
+from tunesmith.data.tokenize import IGNORE, Message, Tools, encode
 from tunesmith.model.loading import pad_token_id
 
 if TYPE_CHECKING:
@@ -74,13 +74,14 @@ def completion_nll(
     tokenizer: PreTrainedTokenizerBase,
     examples: Sequence[Sequence[Message]],
     max_length: int | None = None,
+    tools: Sequence[Tools] | None = None,
 ) -> list[tuple[float, int]]:
-    """(summed NLL, supervised tokens) per example, on the labels training uses."""
+    """(summed NLL, supervised tokens) per example, on the labels training uses (`tools`: each example's)."""
     from tunesmith.evaluate.scoring import score_tails
 
     seqs, masks = [], []
-    for messages in examples:
-        enc = encode(tokenizer, messages, max_length)
+    for k, messages in enumerate(examples):
+        enc = encode(tokenizer, messages, max_length, tools=tools[k] if tools else None)
         first = next((i for i, x in enumerate(enc.labels) if x != IGNORE), len(enc.labels))
         n = max(1, len(enc.input_ids) - max(first, 1))  # the first token has no prediction
         seqs.append((enc.input_ids, n))

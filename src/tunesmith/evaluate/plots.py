@@ -91,7 +91,9 @@ def target_bars(metrics: Sequence[dict[str, Any]]) -> bytes | None:
     """Base vs tuned bars for the target task's text metrics."""
     from matplotlib.figure import Figure
 
-    shown = [m for m in metrics if m["name"] in ("exact_match", "token_f1", "rouge_l") and m["tuned"] is not None]
+    names = ("exact_match", "token_f1", "rouge_l", "function_name_accuracy", "arguments_exact_match",
+             "false_call_rate", "answer_token_f1")  # the rates of a plain and of a tool-calling target task
+    shown = [m for m in metrics if m["name"] in names and m["tuned"] is not None]
     if not shown:
         return None
     fig = Figure(figsize=(6, 3))
@@ -102,7 +104,7 @@ def target_bars(metrics: Sequence[dict[str, Any]]) -> bytes | None:
         ax.bar_label(bars, labels=[f"{100 * (m['base'] or 0):.1f}%" for m in shown], fontsize=8)
     bars = ax.bar([x + 0.2 for x in xs], [m["tuned"] for m in shown], width=0.4, label="tuned", color="#1565c0")
     ax.bar_label(bars, labels=[f"{100 * m['tuned']:.1f}%" for m in shown], fontsize=8)  # a 0 % bar still shows
-    ax.set_xticks(list(xs), [m["name"] for m in shown])
+    ax.set_xticks(list(xs), [m["name"].replace("_", "\n", 1) for m in shown], fontsize=7)  # tool rates: many names
     ax.set(ylim=(0, 1.1), title="Target task")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)

@@ -74,9 +74,10 @@ def _clip(text: str | None, n: int = 300) -> str:
 
 def _examples(target: dict[str, Any], which: str) -> tuple[list[str], list[list[str]]]:
     rows = target["per_example"]
-    return ["#", "prompt", "reference", "base", "tuned", "ROUGE-L base → tuned"], [
+    key, label = ("score", "score") if target.get("kind") == "tool_calls" else ("rouge_l", "ROUGE-L")
+    return ["#", "prompt", "reference", "base", "tuned", f"{label} base → tuned"], [
         [str(i), _clip(rows[i]["prompt"]), _clip(rows[i]["reference"]), _clip(rows[i]["base"]),
-         _clip(rows[i]["tuned"]), f"{rows[i]['rouge_l_base']:.2f} → {rows[i]['rouge_l_tuned']:.2f}"]
+         _clip(rows[i]["tuned"]), f"{rows[i][key + '_base']:.2f} → {rows[i][key + '_tuned']:.2f}"]
         for i in target[which]
     ]
 

@@ -223,10 +223,19 @@ def generate(
     batch_size: int = 16,
 ) -> list[str]:
     """Greedy replies (special tokens removed, stripped), batched with left padding."""
+    seqs = [list(tokenizer(chat_prefix(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
+    return generate_ids(model, tokenizer, seqs, [max_new_tokens] * len(seqs), batch_size)
+
+
+def generate_ids(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, seqs: Sequence[list[int]], budgets: Sequence[int],
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy replies to prompts given as token ids, each with its own token budget (a batch generates up to
+    its largest; shorter budgets are cut after decoding)."""
     import torch
 
-    seqs = [list(tokenizer(chat_prefix(tokenizer, p), add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    order = sorted(range(len(seqs)), key=lambda i: (budgets[i], len(seqs[i])))
     replies = [""] * len(seqs)
     pad = pad_token_id(tokenizer)
     for start in range(0, len(order), batch_size):
@@ -235,12 +244,12 @@ def generate(
         inputs.pop("position_ids")  # generate() derives them from the mask
         with torch.no_grad():
             out = model.generate(
-                **inputs, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                **inputs, max_new_tokens=max(budgets[i] for i in batch), do_sample=False, pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
             )
         width = inputs["input_ids"].shape[1]
         for i, row in zip(batch, out, strict=True):
-            replies[i] = tokenizer.decode(row[width:], skip_special_tokens=True).strip()
+            replies[i] = tokenizer.decode(row[width : width + budgets[i]], skip_special_tokens=True).strip()
     return replies
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import Message
+from tunesmith.evaluate import tools as tool_task
 from tunesmith.evaluate.metrics import completion_nll, text_scores
 from tunesmith.evaluate.verdict import Thresholds, paired_bootstrap
 
@@ -26,13 +27,15 @@ GENERATION_BATCH = 16
 SHOWN = 5  # wins and regressions listed in the report
 
 
-def load_target_data(path: str, limit: int) -> list[Chat]:
-    """The first `limit` examples of a dataset file, as message lists ending with the reference reply.
+def load_target_data(path: str, limit: int) -> list[Chat] | tool_task.ToolTask:
+    """The first `limit` examples of a dataset file, as message lists ending with the reference reply; with
+    tools, a tool task instead (scored turn by turn, see `tunesmith.evaluate.tools`).
 
     Documents (a `text` run's eval split) have no reply to compare, so they are not a target task."""
     from tunesmith.data.formats import load_examples
 
-    return [ex.messages for ex in load_examples(path)[: max(limit, 0)] if ex.messages]
+    examples = [ex for ex in load_examples(path)[: max(limit, 0)] if ex.messages]
+    return tool_task.task(examples) or [ex.messages for ex in examples]
 
 
 @dataclass(frozen=True)
@@ -47,6 +50,8 @@ def score_target(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, examples: Sequence[Chat], max_length: int,
     max_new_tokens: int,
 ) -> TargetScores:
+    if isinstance(examples, tool_task.ToolTask):
+        return tool_task.score(model, tokenizer, examples, max_length, max_new_tokens)  # type: ignore[return-value]
     nll = completion_nll(model, tokenizer, examples, max_length)
     return TargetScores(nll, _replies(model, tokenizer, examples, max_new_tokens))
 
@@ -84,6 +89,8 @@ def compare_target(
     thresholds: Thresholds | None = None, seed: int = 0,
 ) -> dict[str, Any]:
     """Metrics with intervals (when there is a base), and every example's replies side by side."""
+    if isinstance(examples, tool_task.ToolTask):
+        return tool_task.compare(examples, base, tuned, thresholds, seed)  # type: ignore[arg-type]
     t = thresholds or Thresholds()
     text_t = _per_example(examples, tuned)
     text_b = _per_example(examples, base) if base else None

@@ -106,7 +106,7 @@ def data_stats(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> DataS
     from tunesmith.train.batching import training_rows
 
     data = load_dataset(config.data, config.format, config.columns)
-    rows, _ = training_rows(tokenizer, [ex.content for ex in data.examples], config.max_length,
+    rows, _ = training_rows(tokenizer, data.examples, config.max_length,
                             packed=data.format == "text")
     return DataStats.from_encoded(rows)
 

@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from tunesmith.errors import TunesmithError
+from tunesmith.serve import tools
 from tunesmith.serve.generate import SamplingParams, Step
 from tunesmith.serve.protocol import (
     AdapterRequest,
@@ -242,9 +243,13 @@ def _add_routes(app: FastAPI, engine: Engine, config: ServeConfig) -> None:
     async def chat(request: Request) -> Any:
         req: ChatRequest = parse(ChatRequest, await read_body(request, config.max_body_bytes))
         messages = [m.as_message() for m in req.messages]
-        prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+        plan = tools.plan(req, engine.tokenizer)  # None without tools
+        if plan is None:
+            prompt = await asyncio.to_thread(engine.chat_prompt, messages)
+        else:
+            prompt = await asyncio.to_thread(tools.prompt_ids, engine.tokenizer, messages, plan)
         max_tokens = req.requested_max_tokens() or engine.default_max_tokens(len(prompt))
-        return await _respond(engine, req, prompt, max_tokens, chat=True)
+        return await _respond(engine, req, prompt, max_tokens, chat=True, plan=plan)
 
     @app.post("/v1/completions", dependencies=inference)
     async def completions(request: Request) -> Any:
@@ -276,17 +281,18 @@ def _add_routes(app: FastAPI, engine: Engine, config: ServeConfig) -> None:
 
 
 async def _respond(engine: Engine, req: ChatRequest | CompletionRequest, prompt: list[int], max_tokens: int,
-                   *, chat: bool) -> JSONResponse | StreamingResponse:
+                   *, chat: bool, plan: tools.ToolPlan | None = None) -> JSONResponse | StreamingResponse:
     if req.n != 1:
         raise ApiError(400, "n: this server returns one choice per request; omit n or send 1", param="n")
     params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                            seed=req.seed, stop=req.stop_strings())
+                            seed=req.seed, stop=req.stop_strings() + (plan.stop if plan else ()))
     loop, queue = asyncio.get_running_loop(), asyncio.Queue()
     job = engine.submit(req.model, prompt, params, _emitter(loop, queue))
     rid = new_id("chatcmpl" if chat else "cmpl")
     if req.stream:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        sse = _sse(job, queue, rid, len(prompt), chat=chat, include_usage=include_usage)
+        sse = _sse(job, queue, rid, len(prompt), chat=chat, include_usage=include_usage,
+                   calls=tools.CallStream(plan) if plan else None)
         return StreamingResponse(sse, media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     text, last = [], None
@@ -298,6 +304,9 @@ async def _respond(engine: Engine, req: ChatRequest | CompletionRequest, prompt:
         job.cancel()  # no-op when finished; frees the row if this request was abandoned
     assert last is not None and last.finish_reason is not None
     use = usage(len(prompt), last.completion_tokens)
+    if plan is not None:
+        content, calls, reason = tools.finish("".join(text), plan, last.finish_reason)
+        return JSONResponse(chat_response(rid, req.model, content, reason, use, calls))
     body = (chat_response(rid, req.model, "".join(text), last.finish_reason, use) if chat
             else completion_response(rid, req.model, "".join(text), last.finish_reason, use))
     return JSONResponse(body)
@@ -323,18 +332,26 @@ async def _steps(queue: asyncio.Queue[Step | ApiError]) -> AsyncIterator[Step]:
 
 
 async def _sse(job: Job, queue: asyncio.Queue[Step | ApiError], rid: str, prompt_tokens: int, *, chat: bool,
-               include_usage: bool) -> AsyncIterator[str]:
+               include_usage: bool, calls: tools.CallStream | None = None) -> AsyncIterator[str]:
     """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
     model = job.model_id
     try:
         if chat:
             yield _event(chat_chunk(rid, model, {"role": "assistant", "content": ""}, None))
         async for step in _steps(queue):
-            if step.text:
-                yield _event(chat_chunk(rid, model, {"content": step.text}, None) if chat
-                             else completion_response(rid, model, step.text, None))
-            if step.finish_reason is not None:
-                yield _event(chat_chunk(rid, model, {}, step.finish_reason) if chat
+            text, reason, found = step.text, step.finish_reason, None
+            if calls is not None:  # tools: text until a call may begin, calls once the reply is complete
+                text = calls.add(step.text)
+                if reason is not None:
+                    rest, found, reason = calls.end(reason)
+                    text += rest
+            if text:
+                yield _event(chat_chunk(rid, model, {"content": text}, None) if chat
+                             else completion_response(rid, model, text, None))
+            for delta in tools.delta_chunks(found or []):
+                yield _event(chat_chunk(rid, model, delta, None))
+            if reason is not None:
+                yield _event(chat_chunk(rid, model, {}, reason) if chat
                              else completion_response(rid, model, "", step.finish_reason))
                 if include_usage:
                     obj = "chat.completion.chunk" if chat else "text_completion"

@@ -19,11 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-from tunesmith.data.tokenize import IGNORE, Encoded, Message, encode_row
+from tunesmith.data.tokenize import IGNORE, Encoded, encode_row
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.data.formats import Example
 
 BUCKET_BATCHES = 64  # sort within windows of this many batches: local length order, global randomness
 
@@ -134,7 +136,7 @@ def unpack(row: Encoded) -> list[Encoded]:
 
 
 def training_rows(
-    tokenizer: PreTrainedTokenizerBase, rows: Sequence[Sequence[Message] | str], max_length: int, *, packed: bool
+    tokenizer: PreTrainedTokenizerBase, rows: Sequence[Example], max_length: int, *, packed: bool
 ) -> tuple[list[Encoded], int]:
     """Rows as training sees them, and how many examples were dropped for having no target within max_length.
 
@@ -143,7 +145,7 @@ def training_rows(
     """
     kept, dropped = [], 0
     for row in rows:
-        for enc in encode_row(tokenizer, row, max_length):
+        for enc in encode_row(tokenizer, row.content, max_length, tools=row.tools):
             if enc.targets == 0:
                 dropped += 1  # the reply lies beyond max_length: nothing to learn from
                 continue

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.config import TrainConfig
-from tunesmith.data.formats import load_dataset
+from tunesmith.data.formats import Example, load_dataset
 from tunesmith.data.prepare import split
 from tunesmith.data.tokenize import Encoded
 from tunesmith.train.batching import training_rows
@@ -29,8 +29,8 @@ MIN_FOR_SPLIT = 10  # below this many examples, no eval split is held out
 
 @dataclass
 class RunData:
-    train_messages: list[Messages]
-    eval_messages: list[Messages]
+    train_messages: list[Example]  # the rows as loaded (messages and their tools, or a document)
+    eval_messages: list[Example]
     train: list[Encoded]
     eval: list[Encoded]
     info: dict[str, Any] = field(default_factory=dict)  # goes into the manifest
@@ -44,17 +44,17 @@ def prepare(
     info: dict[str, Any] = {"train": {"path": str(config.data), "sha256": data.sha256}, "format": data.format}
     if config.eval_data:
         evals = load_dataset(config.eval_data, config.format, config.columns)
-        eval_rows = [e.content for e in evals.examples]
+        eval_rows = evals.examples
         info["eval"] = {"path": str(config.eval_data), "sha256": evals.sha256}
-        train_rows = [e.content for e in examples]
+        train_rows = examples
     else:
-        held: list = []
+        held: list[Example] = []
         if config.eval_fraction > 0 and len(examples) >= MIN_FOR_SPLIT:
             examples, held = split(examples, config.eval_fraction, config.seed)
-        train_rows, eval_rows = [e.content for e in examples], [e.content for e in held]
+        train_rows, eval_rows = examples, held
         info["eval"] = {"held_out_from_train": len(eval_rows), "fraction": config.eval_fraction,
                         "split": "by prompt and near-duplicate group"}
-    train_rows = train_rows + list(replay)
+    train_rows = train_rows + [_replay_example(m) for m in replay]
     packed = data.format == "text"
     train, dropped_train = training_rows(tokenizer, train_rows, config.max_length, packed=packed)
     evals, dropped_eval = training_rows(tokenizer, eval_rows, config.max_length, packed=packed)
@@ -73,3 +73,8 @@ def prepare(
         log.warning("%d examples dropped: their reply starts beyond max_length=%d",
                     dropped_train + dropped_eval, config.max_length)
     return RunData(train_rows, eval_rows, train, evals, info)
+
+
+def _replay_example(row: Messages) -> Example:
+    return Example(messages=[], source="replay", text=row) if isinstance(row, str) else \
+        Example(messages=list(row), source="replay")
