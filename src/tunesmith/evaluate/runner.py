@@ -127,14 +127,12 @@ def rag_source(opts: EvalOptions) -> str | None:
 
 
 def _with_notes(
-    opts: EvalOptions, examples: list[Any], tokenizer: PreTrainedTokenizerBase
+    opts: EvalOptions, source: str, examples: list[Any], tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[Any], dict[str, Any]]:
-    """The target examples with retrieved notes in their prompts, and what the report says about it."""
+    """The target examples with notes from `source` in their prompts, and what the report says about it."""
     from tunesmith.data.formats import Example, load_examples
     from tunesmith.retrieval import Retriever, describe, with_notes
 
-    source = rag_source(opts)
-    assert source is not None
     held_out = [Example(messages=chat, source=f"target:{i}") for i, chat in enumerate(examples)]
     retriever = Retriever.from_examples(load_examples(source), exclude=held_out)
     augmented, sources = with_notes(retriever, examples, tokenizer, k=opts.rag_notes, budget=opts.rag_tokens)
@@ -210,9 +208,9 @@ def evaluate(opts: EvalOptions, progress: Progress = lambda _: None) -> dict[str
     data = default_data(opts)
     examples = load_target_data(data, opts.limit) if data else None
     facts = load_target_facts(data, opts.limit) if data else None
-    rag_source(opts)  # a --rag without a source fails before any model loads
+    source = rag_source(opts)  # a --rag without a source fails before any model loads
     tuned, base = open_contenders(opts)
-    rag_examples, retrieval = _with_notes(opts, examples, tuned.tokenizer) if examples and rag_source(opts) else (
+    rag_examples, retrieval = _with_notes(opts, source, examples, tuned.tokenizer) if examples and source else (
         None, None)
     tuned_suite, tuned_target, tuned_rag = score(tuned, tasks, examples, opts, progress, rag_examples)
     report: dict[str, Any] = _header(opts, tuned, base, data)
