@@ -134,3 +134,13 @@ def test_without_facts_there_is_no_fact_recall_row() -> None:
     examples = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": "ref"}]]
     result = compare_target(examples, None, _scores(["ref"]))
     assert "fact_recall" not in {m["name"] for m in result["metrics"]} and "facts" not in result["per_example"][0]
+
+
+def test_facts_survive_the_record_a_run_folder_writes(tmp_path):
+    """A run's eval split is written with `Example.record()`; `eval RUN` must still find the facts there."""
+    rows = [{"prompt": "Return window?", "completion": "45 days.", "facts": ["45 days", ["citric acid", "ClearFlow"]]},
+            {"prompt": "Hi", "completion": "Hello."}]
+    examples = load_examples(_jsonl(tmp_path, rows))
+    written = _jsonl(tmp_path, [e.record() for e in examples], "eval.jsonl")
+    assert "facts" not in examples[1].record()
+    assert [e.facts for e in load_examples(written)] == [(("45 days",), ("citric acid", "ClearFlow")), ()]

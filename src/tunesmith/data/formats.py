@@ -70,6 +70,8 @@ class Example:
             row["tools"] = self.tools
         if self.parallel_tool_calls is not None:
             row["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.facts:  # so a run folder's eval split keeps them for fact recall
+            row["facts"] = [list(alternatives) for alternatives in self.facts]
         return row
 
 
