@@ -3,6 +3,7 @@
     python examples/make_examples.py [OUT_DIR]   # default: this folder
 
 - support.jsonl      prompt/completion, 400 rows: support chatbot of Kettlebird, a fictional kettle maker
+- support_questions.jsonl  24 held-out, reworded questions about support.jsonl's facts, with the `facts` to recall
 - persona.jsonl      chat messages, 200 rows (50 multi-turn): Captain Saltbeard, a sarcastic pirate
 - sql.jsonl          chat messages, 220 rows: text-to-SQL for the schema in sql_schema.sql
 - glossary.csv       prompt/completion as CSV, 24 rows: fine-tuning terms explained
@@ -39,6 +40,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
 def main(out: Path = HERE) -> None:
     """Write every dataset into `out` (this folder by default)."""
     write_jsonl(out / "support.jsonl", _support.make(random.Random(1)))
+    write_jsonl(out / "support_questions.jsonl", _support.questions())
     write_jsonl(out / "persona.jsonl", _persona.make(random.Random(2)))
     write_jsonl(out / "sql.jsonl", _sql.make(random.Random(3)))
     with (out / "glossary.csv").open("w", encoding="utf-8", newline="") as f:

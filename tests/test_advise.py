@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -10,6 +11,8 @@ from tunesmith.advise import (
     FACTS_PER_COMPLETION,
     Answers,
     Baseline,
+    RagSettings,
+    baselines,
     decide,
     evidence_from,
     few_shot,
@@ -181,3 +184,48 @@ def test_prompt_baseline_on_the_tiny_model(tiny_model_dir) -> None:
     assert len(result.samples) == 3 and all(s["reference"] for s in result.samples)
     assert len(result.shot_prompts) == 2
     assert {s["prompt"] for s in result.samples}.isdisjoint(result.shot_prompts)  # no eval example as a shot
+
+
+def _rag(f1: float, recall: float | None) -> Baseline:
+    return Baseline("m", shots=3, examples=20, exact_match=0.0, token_f1=f1, rouge_l=f1, samples=[],
+                    shot_prompts=[], fact_recall=recall, notes="the training rows")
+
+
+def test_the_rag_baseline_says_what_retrieval_adds() -> None:
+    plain = Baseline("m", 3, 20, 0.0, 0.2, 0.2, [], [], fact_recall=0.1)
+    advice = decide(Answers(knowledge_changes=True, style=True), baseline=plain, rag_baseline=_rag(0.3, 0.6))
+    assert advice.choice == "rag+fine-tune" and advice.rag_baseline is not None
+    assert any(r.startswith("retrieval helps: with notes retrieved from the training rows the same prompt goes "
+                            "token F1 0.20 -> 0.30, fact recall 10% -> 60%") for r in advice.reasons)
+    same = decide(Answers(style=True), baseline=plain, rag_baseline=_rag(0.21, 0.12))
+    assert any(r.startswith("retrieval adds little here") for r in same.reasons) and same.choice == "fine-tune"
+
+
+def test_a_strong_rag_baseline_means_rag_without_fine_tuning() -> None:
+    plain = Baseline("m", 3, 20, 0.0, 0.3, 0.3, [], [])
+    advice = decide(Answers(knowledge_changes=True, style=True), baseline=plain, rag_baseline=_rag(0.85, None))
+    assert advice.choice == "rag" and advice.method is None
+    assert "RAG without fine-tuning may be enough" in advice.reasons[-1]
+
+
+def test_baselines_share_their_held_out_questions_and_never_retrieve_them(tiny_model_dir, monkeypatch) -> None:
+    import tunesmith.retrieval as retrieval
+
+    data = [dataclasses.replace(e, source=f"persona:{i}") for i, e in enumerate(pirate_persona())]
+    held = [Example(messages=[{"role": "user", "content": "Where be the rum?"}, {"role": "assistant",
+                                                                                 "content": "Arr, gone."}],
+                    source="q:1", facts=(("gone",),)), data[0]]  # the second is a training row itself
+    searched: list[set[str]] = []
+    search = retrieval.Retriever.search
+
+    def spy(self, query: str, k: int = 3):  # every note the RAG prompts could draw on
+        searched.append({n.source for n in self.notes})
+        return search(self, query, k)
+
+    monkeypatch.setattr(retrieval.Retriever, "search", spy)
+    plain, rag = baselines(str(tiny_model_dir), data, shots=1, limit=5, held_out=held, max_new_tokens=8,
+                           rag=RagSettings(source="the training rows"))
+    assert rag is not None and (plain.examples, rag.examples) == (2, 2) and rag.notes == "the training rows"
+    assert plain.fact_recall is not None and rag.fact_recall is not None  # one question carries facts
+    assert plain.notes is None and plain.shot_prompts == rag.shot_prompts
+    assert searched and all(data[0].source not in sources for sources in searched)

@@ -74,3 +74,16 @@ def test_baseline_on_the_tiny_model(monkeypatch, capsys, tmp_path, tiny_model_di
     assert code == 0, err
     assert f"Prompt-only baseline ({tiny_model_dir}, 1-shot, 3 held-out examples): token F1" in out
     assert "fine-tuning has room to help" in out  # a random tiny model is no pirate
+
+
+def test_rag_baseline_on_held_out_questions_with_facts(monkeypatch, capsys, tmp_path, tiny_model_dir) -> None:
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"prompt": "What is 2 plus 2?", "completion": "Arr, 4.", "facts": ["4"]}) + "\n")
+    code, out, err = run(monkeypatch, capsys, "advise", "--data", str(_persona(tmp_path)), "--rag", "--eval",
+                         str(questions), "--model", str(tiny_model_dir), "--shots", "1", "--json")
+    assert code == 0, err
+    advice = json.loads(out)
+    plain, rag = advice["baseline"], advice["rag_baseline"]
+    assert (plain["examples"], rag["examples"]) == (1, 1) and rag["notes"] == "the training rows"
+    assert plain["fact_recall"] in (0.0, 1.0) and rag["fact_recall"] in (0.0, 1.0)
+    assert any(r.startswith(("retrieval helps", "retrieval adds little")) for r in advice["reasons"])

@@ -52,6 +52,26 @@ def test_support_answers_are_consistent():
     assert "@" not in text.replace("@kettlebird.example", "")  # only the fictional reserved domain
 
 
+def test_support_questions_are_reworded_and_answered_by_the_training_data():
+    """The held-out questions (docs/rag.md): each asks for facts that several training replies state, and none
+    is a copy or a near copy of a training prompt."""
+    from tunesmith.data.similarity import jaccard, leakage, normalise, shingles
+    from tunesmith.evaluate.metrics import fact_found
+
+    data = load_dataset(EXAMPLES / "support_questions.jsonl")
+    questions, train = data.examples, load_dataset(EXAMPLES / "support.jsonl").examples
+    assert data.format == "prompt_completion" and len(questions) >= 20 and all(q.facts for q in questions)
+    assert leakage(train, questions) == []  # tunesmith's own check: no exact or near-duplicate example
+    prompts = [shingles(normalise(e.messages[0]["content"])) for e in train]
+    replies = [e.messages[-1]["content"] for e in train]
+    for q in questions:
+        asked = shingles(normalise(q.messages[0]["content"]))
+        assert max(jaccard(asked, p) for p in prompts) < 0.5, q.messages[0]["content"]  # far below 0.85
+        for alternatives in q.facts:
+            assert fact_found(q.messages[-1]["content"], alternatives), q.messages[-1]["content"]
+            assert sum(fact_found(r, alternatives) for r in replies) >= 5, alternatives  # taught, several times
+
+
 def test_sql_answers_run_against_the_schema():
     db = sqlite3.connect(":memory:")
     db.executescript((EXAMPLES / "sql_schema.sql").read_text())
@@ -68,7 +88,7 @@ def test_generator_reproduces_the_committed_files(tmp_path):
     finally:
         sys.path.remove(str(EXAMPLES))
     make_examples.main(tmp_path)
-    for name in FILES:
+    for name in [*FILES, "support_questions.jsonl"]:
         assert (tmp_path / name).read_bytes() == (EXAMPLES / name).read_bytes(), name
 
 

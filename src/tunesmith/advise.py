@@ -9,8 +9,9 @@
 
 The user's answers win; a question left open is answered from the dataset when it shows clear evidence
 (`evidence_from`), else taken as "no". Fine-tuning means LoRA unless said otherwise: a small adapter, modest
-hardware, usually as good as full fine-tuning. A prompt-only baseline (`prompt_baseline`: the base model
-with a few examples in its prompt) shows whether a prompt already does the job.
+hardware, usually as good as full fine-tuning. Two baselines show what the base model does without any
+training (`baselines`): prompt-only (a few training examples in its prompt) and RAG (the same prompt with
+notes retrieved from the training rows or documents, `tunesmith.retrieval`), on the same held-out questions.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ STRUCTURED_SHARE = 0.5  # new skill: this share of completions is SQL, JSON or c
 COVERAGE = 0.5  # in the input: this share of completion words comes from the prompt...
 PROMPT_RATIO = 2.0  # ...and prompts are this many times longer than completions
 GOOD_BASELINE = 0.8  # token F1 at which a few-shot prompt is deemed to do the job
+RAG_HELPS = 0.05  # token F1 or fact recall gained with retrieved notes that counts as retrieval helping
 
 _STOPWORDS = """
 a an the and or but if then else of to in on at by for with from as is are was were be been being it its
@@ -116,6 +118,8 @@ class Baseline:
     rouge_l: float
     samples: list[dict[str, str]]  # a few prompts, replies and references to look at
     shot_prompts: list[str]  # the training examples shown in the prompt (never from the eval split)
+    fact_recall: float | None = None  # share of held-out questions with `facts` whose reply states them all
+    notes: str | None = None  # RAG: where the retrieved notes came from (None: prompt-only)
 
 
 @dataclass(frozen=True)
@@ -126,13 +130,18 @@ class Advice:
     answers: Answers  # as decided on: the user's, else the data's
     evidence: Evidence | None = None
     baseline: Baseline | None = None
+    rag_baseline: Baseline | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def decide(answers: Answers, evidence: Evidence | None = None, baseline: Baseline | None = None) -> Advice:
-    """Apply the decision table: knowledge -> RAG; style or skill -> fine-tune (LoRA); else prompting."""
+def decide(answers: Answers, evidence: Evidence | None = None, baseline: Baseline | None = None,
+           rag_baseline: Baseline | None = None) -> Advice:
+    """Apply the decision table: knowledge -> RAG; style or skill -> fine-tune (LoRA); else prompting.
+
+    The baselines weigh in: a prompt that already does the job drops fine-tuning, and so does a RAG prompt
+    that does; what retrieval adds over the plain prompt is stated either way."""
     a, why = _merge(answers, evidence)
     reasons: list[str] = []
     if a.knowledge_changes:
@@ -155,12 +164,14 @@ def decide(answers: Answers, evidence: Evidence | None = None, baseline: Baselin
                        "examples in the prompt")
     if baseline is not None and tune:
         choice = _weigh_baseline(choice, baseline, reasons)
+    if rag_baseline is not None:
+        choice = _weigh_rag(choice, baseline, rag_baseline, reasons)
     method: Literal["lora"] | None = None
     if "fine-tune" in choice:
         method = "lora"
         reasons.append("LoRA: a small adapter (megabytes, not a full model copy) trained on modest hardware, "
                        "usually as good as full fine-tuning; `tunesmith plan` costs both")
-    return Advice(choice, method, reasons, a, evidence, baseline)
+    return Advice(choice, method, reasons, a, evidence, baseline, rag_baseline)
 
 
 def _merge(answers: Answers, evidence: Evidence | None) -> tuple[Answers, dict[str, str]]:
@@ -195,6 +206,29 @@ def _weigh_baseline(choice: Choice, b: Baseline, reasons: list[str]) -> Choice:
         return "rag" if choice == "rag+fine-tune" else "prompting"
     reasons.append(f"a prompt-only baseline ({b.shots}-shot) scores {score} on {b.examples} eval examples: "
                    "fine-tuning has room to help")
+    return choice
+
+
+def _weigh_rag(choice: Choice, plain: Baseline | None, rag: Baseline, reasons: list[str]) -> Choice:
+    """What notes in the prompt change; a RAG prompt that does the job makes fine-tuning unnecessary."""
+    scores = f"token F1 {rag.token_f1:.2f}" + (f", fact recall {rag.fact_recall:.0%}" if rag.fact_recall is not None
+                                               else "")
+    gains = []
+    if plain is not None:
+        gains = [f"{name} {before:.2f} -> {after:.2f}" if name == "token F1" else f"{name} {before:.0%} -> {after:.0%}"
+                 for name, before, after in (("token F1", plain.token_f1, rag.token_f1),
+                                             ("fact recall", plain.fact_recall, rag.fact_recall))
+                 if before is not None and after is not None]
+        helped = rag.token_f1 - plain.token_f1 >= RAG_HELPS or (
+            plain.fact_recall is not None and rag.fact_recall is not None
+            and rag.fact_recall - plain.fact_recall >= RAG_HELPS)
+        verdict = "retrieval helps" if helped else "retrieval adds little here"
+        reasons.append(f"{verdict}: with notes retrieved from {rag.notes} the same prompt goes {', '.join(gains)} "
+                       f"on {rag.examples} held-out examples")
+    if rag.token_f1 >= GOOD_BASELINE and "fine-tune" in choice:
+        reasons.append(f"and the base model with retrieved notes already scores {scores}: RAG without "
+                       "fine-tuning may be enough")
+        return "rag"
     return choice
 
 
@@ -268,28 +302,68 @@ def prompt_baseline(
     model: str, examples: Sequence[Example], *, shots: int = 3, limit: int = 20, seed: int = 0,
     max_new_tokens: int = 128,
 ) -> Baseline:
-    """Score the base model, prompted with `shots` training examples, on up to `limit` held-out examples.
+    """Score the base model, prompted with `shots` training examples, on up to `limit` held-out examples."""
+    return baselines(model, examples, shots=shots, limit=limit, seed=seed, max_new_tokens=max_new_tokens)[0]
 
-    Greedy replies get 1.5x the longest reference's tokens (at most `max_new_tokens`); scores are the eval
-    engine's exact match, token F1 and ROUGE-L (`tunesmith.evaluate.metrics`), averaged.
+
+def baselines(
+    model: str, examples: Sequence[Example], *, shots: int = 3, limit: int = 20, seed: int = 0,
+    max_new_tokens: int = 128, held_out: Sequence[Example] | None = None, rag: RagSettings | None = None,
+) -> tuple[Baseline, Baseline | None]:
+    """The prompt-only baseline and, with `rag`, the RAG one, on the same held-out examples.
+
+    Held out: `held_out` when given (e.g. questions with `facts`), else 20 % of `examples` split by prompt,
+    at most `limit` of them. Both prompts show `shots` training examples as earlier turns; the RAG prompt also
+    has the notes retrieved for each question (`tunesmith.retrieval`) from `rag.docs`, else from the training
+    examples, never from the held-out ones. Greedy replies get 1.5x the longest reference's tokens (at most
+    `max_new_tokens`); scores are the eval engine's exact match, token F1, ROUGE-L and fact recall, averaged.
     """
     from tunesmith.data.prepare import split
-    from tunesmith.evaluate.metrics import text_scores
-    from tunesmith.evaluate.scoring import generate
     from tunesmith.model.loading import load_model, load_tokenizer
 
-    train, held = split(examples, 0.2, seed)  # grouped by prompt: no near-copy of an eval prompt in the shots
-    held = held[:limit]
+    train, held = (list(examples), list(held_out)) if held_out is not None else split(examples, 0.2, seed)
+    held = held[:limit]  # grouped by prompt: no near-copy of an eval prompt in the shots
     demos = random.Random(seed).sample(train, min(shots, len(train)))
-    prompts = [few_shot(demos, ex.messages) for ex in held]
     tokenizer = load_tokenizer(model)
+    lm = load_model(model)
+    prompts = [few_shot(demos, ex.messages) for ex in held]
+    plain = _score_baseline(lm, tokenizer, model, prompts, held, demos, max_new_tokens)
+    if rag is None:
+        return plain, None
+    from tunesmith.retrieval import Retriever, with_notes
+
+    retriever = Retriever.from_examples(rag.docs or train, exclude=held)
+    with_rag, _ = with_notes(retriever, prompts, tokenizer, k=rag.k, budget=rag.budget)
+    scored = _score_baseline(lm, tokenizer, model, with_rag, held, demos, max_new_tokens)
+    return plain, dataclasses.replace(scored, notes=rag.source)
+
+
+@dataclass(frozen=True)
+class RagSettings:
+    """Where the RAG baseline's notes come from, and how many."""
+
+    source: str  # said in the advice: "the training rows", a --docs path
+    docs: Sequence[Example] | None = None  # documents or rows to retrieve from (None: the training examples)
+    k: int = 3
+    budget: int = 384
+
+
+def _score_baseline(
+    lm: Any, tokenizer: Any, model: str, prompts: list[list[dict[str, str]]], held: Sequence[Example],
+    demos: Sequence[Example], max_new_tokens: int,
+) -> Baseline:
+    from tunesmith.evaluate.metrics import fact_recall, text_scores
+    from tunesmith.evaluate.scoring import generate
+
     refs = [_prompt_and_reply(ex.messages)[1] for ex in held]
     longest = max((len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in refs), default=0)
     budget = min(max_new_tokens, longest + longest // 2 + 8)  # room to answer, not to ramble
-    replies = generate(load_model(model), tokenizer, prompts, budget)
+    replies = generate(lm, tokenizer, prompts, budget)
     scores = [text_scores(r, ref) for r, ref in zip(replies, refs, strict=True)]
     mean = {k: statistics.fmean(s[k] for s in scores) for k in ("exact_match", "token_f1", "rouge_l")}
+    recalled = [fact_recall(r, ex.facts) for r, ex in zip(replies, held, strict=True) if ex.facts]
     samples = [{"prompt": _prompt_and_reply(ex.messages)[0], "reply": r, "reference": ref}
                for ex, r, ref in zip(held[:3], replies, refs, strict=False)]
     shown = [_prompt_and_reply(ex.messages)[0] for ex in demos]
-    return Baseline(model, len(demos), len(held), samples=samples, shot_prompts=shown, **mean)
+    return Baseline(model, len(demos), len(held), samples=samples, shot_prompts=shown,
+                    fact_recall=statistics.fmean(recalled) if recalled else None, **mean)

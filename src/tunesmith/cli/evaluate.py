@@ -42,19 +42,25 @@ def register(app: typer.Typer) -> None:
         quantize: str = typer.Option("auto", "--quantize", help="Base weights: auto (as the run trained), none, "
                                      "4bit or 8bit."),
         threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads (1 is fastest on a busy CPU)."),
+        rag: bool = typer.Option(False, "--rag", help="Also answer with notes retrieved (BM25) from the run's training split: scores prompt-only, RAG, fine-tuned and fine-tuned + RAG."),
+        docs: str | None = typer.Option(None, "--docs", help="Retrieve from this instead (implies --rag): a data file's rows, or .txt/.md documents (a file or folder)."),
+        rag_notes: int = typer.Option(3, "--rag-notes", min=1, help="Notes retrieved per question."),
+        rag_tokens: int = typer.Option(384, "--rag-tokens", min=16, help="Most tokens of notes in a prompt."),
         as_json: bool = typer.Option(False, "--json", help="Print the report as JSON instead of tables."),
         report_to: str | None = typer.Option(None, "--report-to", help="Also log the verdict, deltas and report "
                                              "files to tensorboard, mlflow or both (a run's own trackers)."),
     ) -> None:
         """Compare a fine-tuned model with its base. Exit 0: pass or warn; 1: fail; 2: bad input."""
-        from tunesmith.evaluate.runner import EvalOptions, gather_tasks, out_dir, run_dir_of
+        from tunesmith.evaluate.runner import EvalOptions, gather_tasks, out_dir, rag_source, run_dir_of
         from tunesmith.evaluate.verdict import parse_thresholds
 
         opts = EvalOptions(
             target=target, adapter=adapter, base=base, data=data, suite=suite, keep=tuple(keep or ()), out=out,
-            thresholds=parse_thresholds(thresholds), limit=limit, device=device, quantize=quantize,
+            thresholds=parse_thresholds(thresholds), limit=limit, device=device, quantize=quantize, rag=rag, docs=docs,
+            rag_notes=rag_notes, rag_tokens=rag_tokens,
         )
         gather_tasks(opts)  # a bad --suite or --keep file fails here, before any model loads
+        rag_source(opts)  # so does --rag without anything to retrieve from
         trackers = _trackers(report_to)
         if threads is not None:
             import torch
@@ -150,6 +156,23 @@ def _target_table(report: dict[str, Any]) -> Table:
     return table
 
 
+def _forms_table(report: dict[str, Any]) -> Table:
+    from rich import box
+    from rich.table import Table
+
+    from tunesmith.evaluate.report import forms_table
+
+    header, rows = forms_table(report["forms"])
+    r = report["retrieval"]
+    table = Table(title=f"With and without retrieval: up to {r['k']} notes from {r['source']}", title_justify="left",
+                  box=box.SIMPLE_HEAD)
+    for h in header:
+        table.add_column(h, justify="left" if h == "form" else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def _print(report: dict[str, Any], html_path: Any) -> None:
     base = report["base"]
     console.print(f"[bold]tuned[/] {report['tuned']['source']}   [bold]base[/] "
@@ -158,6 +181,8 @@ def _print(report: dict[str, Any], html_path: Any) -> None:
         console.print(_suite_table(report))
     if report["target_task"]:
         console.print(_target_table(report))
+    if report.get("forms"):
+        console.print(_forms_table(report))
     for row in report["suite"]:
         if row["verdict"] in ("warn", "fail"):
             console.print(f"  {row['task']}: [{VERDICT_STYLE[row['verdict']]}]{row['verdict']}[/] ({row['reason']})",

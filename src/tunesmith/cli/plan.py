@@ -158,12 +158,19 @@ def advise_command(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Base model for --baseline."),
     shots: int = typer.Option(3, "--shots", min=0, help="Training examples shown in the baseline's prompt."),
     limit: int = typer.Option(20, "--limit", min=1, help="Held-out examples the baseline answers."),
+    rag: bool = typer.Option(False, "--rag", help="Also score a RAG baseline: the same prompt with notes retrieved "
+                             "(BM25) from the training rows. Implies --baseline."),
+    docs: str = typer.Option(None, "--docs", help="Retrieve the RAG baseline's notes from this instead: .txt/.md "
+                             "documents (a file or folder) or a data file's rows. Implies --rag."),
+    eval_data: str = typer.Option(None, "--eval", help="Held-out questions for the baselines (default: 20 % of --data); "
+                                  "`facts` in them add fact recall."),
     as_json: bool = typer.Option(False, "--json", help="Print the advice as JSON."),
 ) -> None:
     """Fine-tune, RAG or prompting? Asks the walkthrough's questions (or takes flags) and inspects the data."""
-    from tunesmith.advise import Answers, decide, evidence_from, prompt_baseline
+    from tunesmith.advise import Answers, decide, evidence_from
     from tunesmith.data.formats import load_examples
 
+    baseline = baseline or rag or docs is not None or eval_data is not None
     if baseline and data is None:
         raise ConfigError("--baseline needs --data FILE: the few-shot prompt and the eval examples come from it")
     examples = load_examples(data, fmt, columns) if data is not None else None  # type: ignore[arg-type]
@@ -174,15 +181,32 @@ def advise_command(
     answers = Answers(knowledge_changes, style, new_skill, in_input)
     if interactive():
         answers = _ask(answers, evidence)
-    result = None
+    results = (None, None)
     if baseline and examples:
-        quiet_libraries()
-        result = prompt_baseline(model, examples, shots=shots, limit=limit)
-    advice = decide(answers, evidence, result)
+        results = _baselines(examples, model, shots, limit, eval_data, docs if docs is not None else rag)
+    advice = decide(answers, evidence, *results)
     if as_json:
         typer.echo(json.dumps(advice.to_dict(), indent=2, ensure_ascii=False))
     else:
         _print_advice(advice)
+
+
+def _baselines(examples: list[Any], model: str, shots: int, limit: int, eval_data: str | None,
+               rag: str | bool) -> tuple[Any, Any]:
+    """The prompt-only baseline and, when `rag` (True: the training rows; a path: --docs), the RAG one."""
+    from tunesmith.advise import RagSettings, baselines
+    from tunesmith.data.formats import load_examples
+
+    held = load_examples(eval_data) if eval_data is not None else None
+    if held is not None and any(not ex.messages for ex in held):
+        raise ConfigError(f"--eval {eval_data}: documents have no questions to answer; give prompts with replies")
+    settings = None
+    if isinstance(rag, str):
+        settings = RagSettings(source=rag, docs=load_examples(rag))
+    elif rag:
+        settings = RagSettings(source="the training rows")
+    quiet_libraries()
+    return baselines(model, examples, shots=shots, limit=limit, held_out=held, rag=settings)
 
 
 def interactive() -> bool:
@@ -222,8 +246,10 @@ def _print_advice(a: Advice) -> None:
         t.add_row("completion words in the prompt", f"{e.coverage:.0%}",
                   f"median words: prompt {e.prompt_words:g}, completion {e.completion_words:g}")
         console.print(t)
-    if a.baseline is not None:
-        b = a.baseline
-        console.print(f"\nPrompt-only baseline ({b.model}, {b.shots}-shot, {b.examples} held-out examples): "
-                          f"token F1 {b.token_f1:.2f}, ROUGE-L {b.rouge_l:.2f}, exact match {b.exact_match:.0%}",
-                          highlight=False)
+    for b, name in ((a.baseline, "Prompt-only"), (a.rag_baseline, "RAG")):
+        if b is not None:
+            notes = f", notes from {b.notes}" if b.notes else ""
+            facts = f", fact recall {b.fact_recall:.0%}" if b.fact_recall is not None else ""
+            console.print(f"{'' if name == 'RAG' else chr(10)}{name} baseline ({b.model}, {b.shots}-shot{notes}, "
+                          f"{b.examples} held-out examples): token F1 {b.token_f1:.2f}, ROUGE-L {b.rouge_l:.2f}, "
+                          f"exact match {b.exact_match:.0%}{facts}", highlight=False, markup=False)

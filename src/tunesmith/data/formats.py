@@ -12,6 +12,10 @@ Record formats, auto-detected by keys or named by the user:
 - `sharegpt`, `chat_prompt_completion` (TRL's conversational prompt/completion) and `text` (a document for
   language modelling): see `shapes`.
 `columns` renames keys first: `prompt=question` reads each record's `question` as its `prompt`.
+Any record with a reply may carry `facts`: what a right reply must state, for the fact-recall metric
+(`tunesmith.evaluate.metrics.fact_recall`): a list whose items are a string or a list of alternative
+strings, e.g. `"facts": ["45 days", ["citric acid", "ClearFlow"]]` (a single string is one fact). Training
+ignores them.
 
 Locations: `file.jsonl:12` is a JSONL line, `file.json:[3]` a JSON array index (0-based), `file.csv:5` a CSV
 line (the header is line 1), `file.parquet:row 3` a table row (0-based). The input is only ever read.
@@ -50,6 +54,7 @@ class Example:
     text: str | None = None  # a document for language modelling (the `text` format)
     tools: list[dict[str, Any]] | None = None  # OpenAI tool definitions the conversation may call
     parallel_tool_calls: bool | None = None  # as the record said (False: one call per message at most)
+    facts: tuple[tuple[str, ...], ...] = ()  # what a right reply states; each fact is a tuple of alternatives
 
     @property
     def content(self) -> list[dict[str, Any]] | str:
@@ -65,6 +70,8 @@ class Example:
             row["tools"] = self.tools
         if self.parallel_tool_calls is not None:
             row["parallel_tool_calls"] = self.parallel_tool_calls
+        if self.facts:  # so a run folder's eval split keeps them for fact recall
+            row["facts"] = [list(alternatives) for alternatives in self.facts]
         return row
 
 
@@ -123,20 +130,45 @@ def _convert(
                 f"({_keys(chosen)}); one file holds one format"
             )
             continue
-        value = rec.value
+        value, facts, errs = _split_facts(rec.value, chosen)
         if file_tools is not None and isinstance(value, dict) and "tools" not in value and "functions" not in value:
             value = {**value, "tools": file_tools}  # the file-level set, for rows that declare none
-        content, errs = shapes.convert(value, chosen)
+        content, more = shapes.convert(value, chosen)
+        errs += more
         problems += [f"{rec.where}: {e}" for e in errs]
         if isinstance(content, str) and not errs:
             examples.append(Example(messages=[], source=rec.where, text=content))
         elif content is not None and not errs:
             parallel = value.get("parallel_tool_calls") if isinstance(value.get("parallel_tool_calls"), bool) else None
             examples.append(Example(messages=content, source=rec.where, tools=shapes.record_tools(value, chosen),
-                                    parallel_tool_calls=parallel))
+                                    parallel_tool_calls=parallel, facts=facts))
     if problems:
         raise DataError(problems)
     return examples
+
+
+def _split_facts(value: Any, fmt: RecordFormat) -> tuple[Any, tuple[tuple[str, ...], ...], list[str]]:
+    """The record without its `facts` key, the facts (each a tuple of alternatives), and their problems."""
+    if not isinstance(value, dict) or "facts" not in value or fmt == "text":
+        return value, (), []  # a document's `facts` stays in the record: an unexpected key for `text`
+    rest = {k: v for k, v in value.items() if k != "facts"}
+    raw = value["facts"]
+    if raw is None:  # a table's empty cell
+        return rest, (), []
+    items = [raw] if isinstance(raw, str) else raw
+    if not isinstance(items, list) or not items:
+        shown = "an empty list" if items == [] else json_type(raw)
+        return rest, (), [f"facts: expected a list of facts (strings, or lists of alternatives), got {shown}"]
+    facts, problems = [], []
+    for i, item in enumerate(items):
+        alternatives = [item] if isinstance(item, str) else item
+        if not isinstance(alternatives, list) or not alternatives or not all(
+                isinstance(a, str) and a.strip() for a in alternatives):
+            problems.append(f"facts[{i}]: expected a non-empty string or a list of them (alternatives), "
+                            f"got {json.dumps(item, ensure_ascii=False)[:60]}")
+            continue
+        facts.append(tuple(a.strip() for a in alternatives))
+    return rest, tuple(facts), problems
 
 
 def parse_columns(spec: Columns) -> dict[str, str]:
@@ -189,7 +221,7 @@ def _used_columns(
         hint = ",".join(f"{k}=COLUMN" for k in missing)
         raise DataError([f"{name}: columns: no {' or '.join(missing)} column for the {fmt} format (columns: "
                          f"{', '.join(columns)}); name the right one with --columns {hint}"])
-    keep = set(required + optional)
+    keep = {*required, *optional, "facts"}  # facts: metadata any reply may carry
     unused = [c for c in columns if back.get(c, c) not in keep]
 
     def used(value: dict[str, Any]) -> dict[str, Any]:  # a null optional cell is an absent value

@@ -91,7 +91,7 @@ def target_bars(metrics: Sequence[dict[str, Any]]) -> bytes | None:
     """Base vs tuned bars for the target task's text metrics."""
     from matplotlib.figure import Figure
 
-    names = ("exact_match", "token_f1", "rouge_l", "function_name_accuracy", "arguments_exact_match",
+    names = ("exact_match", "token_f1", "rouge_l", "fact_recall", "function_name_accuracy", "arguments_exact_match",
              "false_call_rate", "answer_token_f1")  # the rates of a plain and of a tool-calling target task
     shown = [m for m in metrics if m["name"] in names and m["tuned"] is not None]
     if not shown:

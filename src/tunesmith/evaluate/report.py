@@ -67,6 +67,36 @@ def target_table(metrics: Sequence[dict[str, Any]]) -> tuple[list[str], list[lis
     ]
 
 
+FORM_METRICS = ("fact_recall", "exact_match", "token_f1", "rouge_l", "eval_loss")
+
+
+def forms_table(forms: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Prompt-only, RAG, fine-tuned, fine-tuned + RAG: one row each, a column per target metric."""
+    names = [n for n in FORM_METRICS if any(f.get(n) is not None for f in forms)]
+
+    def cell(f: dict[str, Any], name: str) -> str:
+        v = f.get(name)
+        return "-" if v is None else f"{v:.3f}" if name == "eval_loss" else f"{100 * v:.1f} %"
+
+    return ["form", *names], [[f["form"], *(cell(f, n) for n in names)] for f in forms]
+
+
+def facts_table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Per question with facts: the facts, and whether each form's reply stated them (✓) or not (·)."""
+    plain, rag = report["target_task"], report.get("target_task_rag")
+    columns = [("prompt-only", plain, "fact_base"), ("RAG", rag, "fact_base"), ("fine-tuned", plain, "fact_tuned"),
+               ("fine-tuned + RAG", rag, "fact_tuned")]
+    shown = [(name, section["per_example"], key) for name, section, key in columns
+             if section and any(r.get(key) is not None for r in section["per_example"])]
+    body = []
+    for i, row in enumerate(plain["per_example"]):
+        if row.get("facts"):
+            facts = "; ".join(" / ".join(alternatives) for alternatives in row["facts"])
+            marks = ["✓" if rows[i].get(key) else "·" for _, rows, key in shown]
+            body.append([_clip(row["prompt"], 100), facts, *marks])
+    return ["question", "facts", *(name for name, _, _ in shown)], body
+
+
 def _clip(text: str | None, n: int = 300) -> str:
     text = "" if text is None else " ".join(text.split())
     return text if len(text) <= n else text[: n - 1] + "…"
@@ -109,12 +139,29 @@ def blocks(report: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
         for which, title in (("wins", "Largest wins"), ("regressions", "Largest regressions")):
             if target[which]:
                 out += [("h3", title), ("table", *_examples(target, which))]
+    out += _forms_blocks(report)
     out += _run_blocks(report.get("run") or {})
     t = report["thresholds"]
     out.append(("p", f"Thresholds: warn at {100 * t['warn']:.0f} / fail at {100 * t['fail']:.0f} points, "
                      f"perplexity +{100 * t['ppl_warn']:.0f} % / +{100 * t['ppl_fail']:.0f} %; "
                      f"{100 * t['confidence']:.0f} % bootstrap intervals ({t['resamples']} draws). "
                      f"Took {report.get('seconds', 0)} s. tunesmith {report['tunesmith_version']}."))
+    return out
+
+
+def _forms_blocks(report: dict[str, Any]) -> list[Block]:
+    """Prompt-only, RAG, fine-tuned and fine-tuned + RAG side by side, and which facts each one stated."""
+    out: list[Block] = []
+    r = report.get("retrieval")
+    if report.get("forms") and r:
+        out += [("h2", "Prompt-only, RAG, fine-tuned, fine-tuned + RAG"),
+                ("p", f"RAG: up to {r['k']} notes ({r['budget_tokens']} tokens at most) retrieved with BM25 from "
+                      f"{r['source']} ({r['notes']} notes; {r['excluded_rows']} rows left out as copies of the "
+                      "questions scored) into a system message before the question."),
+                ("table", *forms_table(report["forms"]))]
+    target = report.get("target_task")
+    if target and any(row.get("facts") for row in target["per_example"]):
+        out += [("h3", "Facts per question"), ("table", *facts_table(report))]
     return out
 
 

@@ -4,6 +4,11 @@ The tuned model is what the user names (run folder, adapter folder, model). Its 
 `--base`; the same weights with the LoRA adapter switched off (one copy of the weights, PEFT's
 `disable_adapter`); the base model a full fine-tune's manifest names. A plain model without `--base` is
 scored alone: numbers, no verdict.
+
+With `rag` (or `docs`), both models answer the target task a second time with notes retrieved into the
+prompt (`tunesmith.retrieval`): from `docs`, else the run's own training split, never from the examples
+being scored. The report then holds four forms on the same questions: prompt-only (the base), RAG (the
+base with notes), fine-tuned, and fine-tuned + RAG.
 """
 
 from __future__ import annotations
@@ -16,7 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.evaluate.suite import Task, TaskScores, load_keep, load_task, run_tasks, select
-from tunesmith.evaluate.target import TargetScores, compare_target, load_target_data, score_target
+from tunesmith.evaluate.target import (
+    TargetScores,
+    compare_target,
+    load_target_data,
+    load_target_facts,
+    score_target,
+)
 from tunesmith.evaluate.verdict import Thresholds, compare, overall
 
 if TYPE_CHECKING:
@@ -46,6 +57,10 @@ class EvalOptions:
     device: str = "auto"
     seed: int = 0
     quantize: str = "auto"  # load a run's base as it trained (auto), or none / 4bit / 8bit
+    rag: bool = False  # also answer with retrieved notes in the prompt (from docs, else the run's training split)
+    docs: str | None = None  # notes to retrieve from: a data file's rows or .txt/.md documents (implies rag)
+    rag_notes: int = 3  # notes retrieved per question
+    rag_tokens: int = 384  # most tokens of notes per prompt
 
 
 @dataclass
@@ -95,6 +110,35 @@ def max_length(opts: EvalOptions) -> int:
     return opts.max_length or 1024
 
 
+def rag_source(opts: EvalOptions) -> str | None:
+    """What retrieval reads (`docs`, else the run's training split), None without RAG; checked before models load."""
+    from tunesmith.errors import ConfigError
+
+    if not (opts.rag or opts.docs):
+        return None
+    if opts.docs:
+        return opts.docs
+    run = run_of(opts)
+    train = run.data_file("train") if run is not None else None
+    if train is None:
+        raise ConfigError(f"--rag: {opts.target} is not a run folder with its training split (data/train.jsonl); "
+                          "name what to retrieve from with --docs PATH (a data file or a folder of .txt/.md)")
+    return str(train)
+
+
+def _with_notes(
+    opts: EvalOptions, source: str, examples: list[Any], tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[Any], dict[str, Any]]:
+    """The target examples with notes from `source` in their prompts, and what the report says about it."""
+    from tunesmith.data.formats import Example, load_examples
+    from tunesmith.retrieval import Retriever, describe, with_notes
+
+    held_out = [Example(messages=chat, source=f"target:{i}") for i, chat in enumerate(examples)]
+    retriever = Retriever.from_examples(load_examples(source), exclude=held_out)
+    augmented, sources = with_notes(retriever, examples, tokenizer, k=opts.rag_notes, budget=opts.rag_tokens)
+    return augmented, {**describe(retriever, source, opts.rag_notes, opts.rag_tokens), "retrieved": sources}
+
+
 def gather_tasks(opts: EvalOptions) -> list[Task]:
     """Built-in tasks named by --suite, then the keep sets (validated before any model loads)."""
     return [load_task(n) for n in select(opts.suite)] + [load_keep(k) for k in opts.keep]
@@ -140,17 +184,21 @@ def _source(target: Target) -> str:
 
 
 def score(
-    contender: Contender, tasks: list[Task], examples: list[Any] | None, opts: EvalOptions, progress: Progress
-) -> tuple[dict[str, TaskScores], TargetScores | None]:
-    """One model's suite scores and target-task scores."""
+    contender: Contender, tasks: list[Task], examples: list[Any] | None, opts: EvalOptions, progress: Progress,
+    rag_examples: list[Any] | None = None,
+) -> tuple[dict[str, TaskScores], TargetScores | None, TargetScores | None]:
+    """One model's suite scores and target-task scores, without and with retrieved notes."""
     with contender.use() as model:
         progress(f"{contender.label}: suite ({len(tasks)} tasks)")
         suite_scores = run_tasks(model, contender.tokenizer, tasks)
-        target = None
+        target = rag = None
         if examples:
             progress(f"{contender.label}: target task ({len(examples)} examples)")
             target = score_target(model, contender.tokenizer, examples, max_length(opts), opts.max_new_tokens)
-    return suite_scores, target
+        if rag_examples:
+            progress(f"{contender.label}: target task with retrieved notes")
+            rag = score_target(model, contender.tokenizer, rag_examples, max_length(opts), opts.max_new_tokens)
+    return suite_scores, target, rag
 
 
 def evaluate(opts: EvalOptions, progress: Progress = lambda _: None) -> dict[str, Any]:
@@ -159,20 +207,29 @@ def evaluate(opts: EvalOptions, progress: Progress = lambda _: None) -> dict[str
     tasks = gather_tasks(opts)
     data = default_data(opts)
     examples = load_target_data(data, opts.limit) if data else None
+    facts = load_target_facts(data, opts.limit) if data else None
+    source = rag_source(opts)  # a --rag without a source fails before any model loads
     tuned, base = open_contenders(opts)
-    tuned_suite, tuned_target = score(tuned, tasks, examples, opts, progress)
+    rag_examples, retrieval = _with_notes(opts, source, examples, tuned.tokenizer) if examples and source else (
+        None, None)
+    tuned_suite, tuned_target, tuned_rag = score(tuned, tasks, examples, opts, progress, rag_examples)
     report: dict[str, Any] = _header(opts, tuned, base, data)
+    base_suite = base_target = base_rag = None
     if base is None:
         report["suite"] = [_single_row(s) for s in tuned_suite.values()]
-        report["target_task"] = compare_target(examples, None, tuned_target) if examples else None
-        base_suite = None
     else:
-        base_suite, base_target = score(base, tasks, examples, opts, progress)
+        base_suite, base_target, base_rag = score(base, tasks, examples, opts, progress, rag_examples)
         comparisons = compare(base_suite, tuned_suite, opts.thresholds, opts.seed)
         report["verdict"] = overall(comparisons) if comparisons else None
         report["suite"] = [c.to_dict() for c in comparisons]
-        if examples:
-            report["target_task"] = compare_target(examples, base_target, tuned_target, opts.thresholds, opts.seed)
+    if examples:
+        report["target_task"] = compare_target(examples, base_target, tuned_target, opts.thresholds, opts.seed,
+                                               facts)
+    if rag_examples and tuned_rag is not None:
+        report["target_task_rag"] = compare_target(rag_examples, base_rag, tuned_rag, opts.thresholds, opts.seed,
+                                                   facts)
+        report["retrieval"] = retrieval
+        report["forms"] = forms(report["target_task"], report["target_task_rag"])
     for row in report["suite"]:
         row["outputs"] = _outputs(row["task"], base_suite, tuned_suite)
     report["seconds"] = round(time.time() - started, 1)
@@ -196,7 +253,21 @@ def _header(opts: EvalOptions, tuned: Contender, base: Contender | None, data: s
         "thresholds": asdict(opts.thresholds),
         "suite": [],
         "target_task": None,
+        "target_task_rag": None,  # the same examples with retrieved notes in the prompt (--rag)
+        "retrieval": None,
+        "forms": None,  # prompt-only, RAG, fine-tuned, fine-tuned + RAG: one row each (--rag)
     }
+
+
+def forms(plain: dict[str, Any], rag: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per form (the base's two only when there is a base): each target metric's value."""
+    out = []
+    for name, section, side in (("prompt-only", plain, "base"), ("RAG", rag, "base"), ("fine-tuned", plain, "tuned"),
+                                ("fine-tuned + RAG", rag, "tuned")):
+        values = {m["name"]: m[side] for m in section["metrics"]}
+        if any(v is not None for v in values.values()):
+            out.append({"form": name, **values})
+    return out
 
 
 def _outputs(

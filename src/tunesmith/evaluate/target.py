@@ -3,7 +3,8 @@
 Each example is a chat whose last message is the reference assistant reply. We score
 - the loss on the supervised tokens (what training minimises) and its perplexity;
 - the greedy reply to everything before the reference, against the reference: exact match, token F1,
-  ROUGE-L;
+  ROUGE-L; and, for questions that list the `facts` a right reply states, fact recall (the share of those
+  questions whose reply states every fact: `metrics.fact_recall`);
 and keep every example's two replies side by side, so the report can show the largest wins and regressions.
 """
 
@@ -16,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.tokenize import Message
 from tunesmith.evaluate import tools as tool_task
-from tunesmith.evaluate.metrics import completion_nll, text_scores
+from tunesmith.evaluate.metrics import completion_nll, fact_recall, text_scores
 from tunesmith.evaluate.verdict import Thresholds, paired_bootstrap
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 Chat = list[Message]
+Facts = tuple[tuple[str, ...], ...]  # what a right reply states: each fact a tuple of alternatives
 GENERATION_BATCH = 16
 SHOWN = 5  # wins and regressions listed in the report
 
@@ -36,6 +38,14 @@ def load_target_data(path: str, limit: int) -> list[Chat] | tool_task.ToolTask:
 
     examples = [ex for ex in load_examples(path)[: max(limit, 0)] if ex.messages]
     return tool_task.task(examples) or [ex.messages for ex in examples]
+
+
+def load_target_facts(path: str, limit: int) -> list[Facts] | None:
+    """The `facts` of the same examples as `load_target_data`, or None when no example lists any."""
+    from tunesmith.data.formats import load_examples
+
+    facts = [ex.facts for ex in load_examples(path)[: max(limit, 0)] if ex.messages]
+    return facts if any(facts) else None
 
 
 @dataclass(frozen=True)
@@ -79,25 +89,35 @@ _METRICS = (  # name, higher is better
 )
 
 
-def _per_example(examples: Sequence[Chat], scores: TargetScores) -> dict[str, list[float]]:
+def _per_example(
+    examples: Sequence[Chat], scores: TargetScores, facts: Sequence[Facts] | None
+) -> dict[str, list[float]]:
     rows = [text_scores(r, ex[-1]["content"]) for r, ex in zip(scores.replies, examples, strict=True)]
-    return {k: [row[k] for row in rows] for k in ("exact_match", "token_f1", "rouge_l")}
+    out = {k: [row[k] for row in rows] for k in ("exact_match", "token_f1", "rouge_l")}
+    if facts is not None:  # a question without facts has no say in fact recall (its weight is 0)
+        out["fact_recall"] = [fact_recall(r, f) for r, f in zip(scores.replies, facts, strict=True)]
+        out["fact_weight"] = [float(bool(f)) for f in facts]
+    return out
 
 
 def compare_target(
     examples: Sequence[Chat], base: TargetScores | None, tuned: TargetScores,
-    thresholds: Thresholds | None = None, seed: int = 0,
+    thresholds: Thresholds | None = None, seed: int = 0, facts: Sequence[Facts] | None = None,
 ) -> dict[str, Any]:
     """Metrics with intervals (when there is a base), and every example's replies side by side."""
     if isinstance(examples, tool_task.ToolTask):
         return tool_task.compare(examples, base, tuned, thresholds, seed)  # type: ignore[arg-type]
     t = thresholds or Thresholds()
-    text_t = _per_example(examples, tuned)
-    text_b = _per_example(examples, base) if base else None
-    metrics = [
-        _metric(name, better, tuned, text_t, base, text_b, t, seed) for name, better in _METRICS
-    ]
+    text_t = _per_example(examples, tuned, facts)
+    text_b = _per_example(examples, base, facts) if base else None
+    names = _METRICS + ((("fact_recall", True),) if facts is not None else ())
+    metrics = [_metric(name, better, tuned, text_t, base, text_b, t, seed) for name, better in names]
     rows = _rows(examples, tuned, text_t, base, text_b)
+    if facts is not None:
+        for row, f in zip(rows, facts, strict=True):
+            row["facts"] = [list(alternatives) for alternatives in f]
+            row["fact_tuned"] = text_t["fact_recall"][row["index"]] if f else None
+            row["fact_base"] = text_b["fact_recall"][row["index"]] if f and text_b else None
     ranked = sorted(range(len(rows)), key=lambda i: rows[i]["rouge_l_delta"] or 0.0)
     return {
         "examples": len(examples),
@@ -113,7 +133,8 @@ def _arrays(name: str, scores: TargetScores, text: dict[str, list[float]]) -> tu
 
     if name in ("eval_loss", "perplexity"):
         return np.array([a for a, _ in scores.nll], float), np.array([b for _, b in scores.nll], float)
-    return np.array(text[name], float), np.ones(len(text[name]))
+    weight = text.get("fact_weight") if name == "fact_recall" else None
+    return np.array(text[name], float), np.array(weight, float) if weight else np.ones(len(text[name]))
 
 
 def _metric(
