@@ -137,7 +137,8 @@ def test_resume_with_a_setting_that_cannot_change_is_one_line(monkeypatch, capsy
     assert err.strip().splitlines() == ["error: --resume continues the run as it was set up; these settings cannot "
                                         "change mid-run: lr (resumable: max-steps, epochs, eval-every, save-every, "
                                         "keep-checkpoints, patience, device, threads, guard-stop, "
-                                        "gradient-checkpointing, report-to); start a new run with --out to change "
+                                        "gradient-checkpointing, report-to, interpolate); start a new run with "
+                                        "--out to change "
                                         "them"]
 
 
