@@ -88,7 +88,8 @@ def test_when_the_guard_fails_everywhere_the_best_is_exported_with_a_warning_and
 
 def test_auto_interpolation_scales_b_and_records_its_trials(tiny_model_dir, qa_file, tmp_path):
     # steps 2, 4, 6 warn (6 is exported), then the scales: 0.8 warns, 0.6 passes
-    result, _ = _run(qa_file, tiny_model_dir, tmp_path / "run", ["warn", "warn", "warn", "warn", "pass"])
+    result, _ = _run(qa_file, tiny_model_dir, tmp_path / "run", ["warn", "warn", "warn", "warn", "pass"],
+                     interpolate="auto")
     record = result.manifest["result"]["interpolation"]
     scale = record["scale"]
     n = len(record["trials"])

@@ -109,8 +109,8 @@ def plan(config: TrainConfig, *, gpu_memory_gb: float | None = None, world: int 
 
 def fine_tune(config: TrainConfig, *, resume: bool = False, force: bool = False,
               hooks: Hooks | None = None) -> RunResult:
-    """Train per `config`, with the forgetting guard and replay mixing (its share chosen from the data size
-    unless the config sets it). The shape of the training replies goes to the guard (format collapse) and
+    """Train per `config`, with the forgetting guard and replay mixing (`replay: auto` chooses the share from
+    the data size). The shape of the training replies goes to the guard (format collapse) and
     into the run's manifest, where `tunesmith eval` finds it."""
     from tunesmith.config import resolve_replay
     from tunesmith.errors import ConfigError

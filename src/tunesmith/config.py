@@ -99,11 +99,12 @@ class TrainConfig:
     threads: int | None = setting(None, "CPU threads (PyTorch's default, or OMP_NUM_THREADS)", panel="Run")
     guard: bool = setting(True, "Score a general-skills slice at each evaluation (forgetting guard)", panel="Run")
     guard_stop: bool = setting(False, "Stop, keeping the best checkpoint, when the guard says fail", panel="Run")
-    replay: float | None = setting(
-        None, "Share of general replay examples (shipped chat examples) mixed into the training data against "
-        "forgetting; 0 turns it off (default: chosen from the data size, see resolve_replay)", panel="Run")
+    replay: Literal["auto"] | float = setting(
+        0.0, "Share of general replay examples (shipped chat examples) mixed into the training data against "
+        "forgetting; auto chooses it from the data size (0.3 under 1000 examples, 0.15 under 5000, else 0.05)",
+        panel="Run")
     interpolate: Literal["auto", "off"] | float = setting(
-        "auto", "Scale the fine-tune's change toward the base (WiSE-FT) before exporting: auto, when the guard "
+        "off", "Scale the fine-tune's change toward the base (WiSE-FT) before exporting: auto, when the guard "
         "flags the exported step, takes the largest of 0.8, 0.6, 0.4 the guard passes that keeps 70 % of the "
         "eval-loss gain; a number in (0, 1] fixes the scale; off exports the fine-tune as trained", panel="Run")
     allow_pickle: bool = setting(False, "Allow non-safetensors weights (pickle can run code)", panel="Run")
@@ -157,7 +158,7 @@ def _range_problems(c: Any) -> list[str]:
         (lambda: c.max_length >= 8, "max_length must be >= 8"),
         (lambda: 0 <= c.warmup < 1, "warmup is a share of the steps, in [0, 1)"),
         (lambda: 0 <= c.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
-        (lambda: c.replay is None or 0 <= c.replay < 1, "replay must be in [0, 1)"),
+        (lambda: c.replay == "auto" or 0 <= c.replay < 1, "replay must be auto or a share in [0, 1)"),
         (lambda: not isinstance(c.interpolate, float) or 0 < c.interpolate <= 1,
          "interpolate must be auto, off or a scale in (0, 1]"),
         (lambda: c.grad_clip >= 0, "grad_clip must be >= 0 (0 disables it)"),
@@ -343,13 +344,14 @@ def resolve_defaults(c: TrainConfig, n_examples: int, steps_per_epoch: int) -> T
     total = c.max_steps or max(1, round(epochs * steps_per_epoch))
     eval_every = c.eval_every or max(1, total // 10)
     save_every = c.save_every or eval_every
-    replay = c.replay if c.replay is not None else 0.0  # `resolve_replay` (the API layer) chose none to mix in
+    # "auto" still here: `train` was called without the API layer (`resolve_replay`), which mixed nothing in.
+    replay = c.replay if c.replay != "auto" else 0.0
     return replace(c, lr=lr, epochs=epochs, eval_every=eval_every, save_every=save_every, replay=replay)
 
 
 def resolve_replay(c: TrainConfig, n_examples: int) -> TrainConfig:
-    """Fill `replay` from the data size (`n_examples` of the user's own): see REPLAY_BY_SIZE."""
-    if c.replay is not None:
+    """Resolve `replay: auto` from the data size (`n_examples` of the user's own): see REPLAY_BY_SIZE."""
+    if c.replay != "auto":
         return c
     share = next(share for limit, share in REPLAY_BY_SIZE if n_examples < limit)
     return replace(c, replay=share)

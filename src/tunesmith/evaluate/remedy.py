@@ -34,7 +34,7 @@ def remedy_for(config: TrainConfig, defaults: TrainConfig) -> Remedy:
     lr = config.lr or defaults.lr or 0.0
     if config.method == "full":
         change, why = {"method": "lora"}, "LoRA changes far fewer weights than full fine-tuning and forgets less"
-    elif (config.replay or 0) < MORE_REPLAY:
+    elif config.replay != "auto" and config.replay < MORE_REPLAY:  # a run folder's config holds the resolved share
         change = {"replay": MORE_REPLAY}
         why = "more general examples mixed into training remind the model how to answer other requests"
     elif config.interpolate == "off":
