@@ -8,11 +8,13 @@ For each task x recipe x seed (a *cell*), with the real CLI, as a user would run
 3. a free-generation probe (bench/forgetting/_probe.py): the plain capitals questions answered greedily with
    the answer looked for in the reply, and the share of general prompts answered in the task's own output
    shape (format collapse), base vs tuned;
-4. the in-training guard's verdicts, from the run's metrics.jsonl (at each evaluation and at the exported
-   step), to measure later how often the guard agrees with the full eval.
-Each finished cell appends one JSON line to --results; the table of every row in that file ends the run.
+4. the in-training guard's verdicts, from the run's metrics.jsonl (at each evaluation) and manifest (the
+   exported weights', after any interpolation toward the base), and how often they agree with the full eval.
+Each finished cell appends one JSON line to --results; the table of every row in that file and the guard's
+agreement with the full verdict end the run.
 A recipe is a name and extra `tunesmith train` flags: `default` adds none (today's defaults),
-`destructive` is a planted full fine-tune at lr 1e-3 that must FAIL; `--recipe NAME='FLAGS'` adds one.
+`destructive` is a planted full fine-tune at lr 1e-3 that must FAIL; `remedies` adds `--replay auto
+--interpolate auto`; `--recipe NAME='FLAGS'` adds one.
 A cell's checkpoints are deleted once it is recorded (the exported adapter or model, logs and report stay).
 
 Run:  python bench/forgetting.py [--tasks all] [--recipes default] [--recipe NAME='--flag v'] [--seeds 0]
@@ -46,6 +48,8 @@ import _results  # noqa: E402
 RECIPES: dict[str, tuple[str, ...]] = {
     "default": (),
     "destructive": ("--method", "full", "--lr", "1e-3", "--max-steps", "20"),
+    # issue 12's remedies beside guard-aware export (always on): replay by data size, interpolation toward the base
+    "remedies": ("--replay", "auto", "--interpolate", "auto"),
 }
 
 
@@ -179,9 +183,13 @@ def run_facts(run: Path) -> dict[str, Any]:
     folder = RunFolder.open(run)
     result = folder.manifest()["result"]
     exported = result["exported_step"]
-    return {"run": {"dir": _shown(run), "steps": result["steps"], "exported_step": exported,
+    scale = (result.get("interpolation") or {}).get("scale", 1.0)
+    guard = _results.guard_summary(folder.metrics(), exported)
+    if result.get("guard_verdict") is not None:  # the exported weights' own verdict (after interpolation)
+        guard["at_export"] = result["guard_verdict"]
+    return {"run": {"dir": _shown(run), "steps": result["steps"], "exported_step": exported, "scale": scale,
                     "best_eval_loss": result["best_eval_loss"]},
-            "guard": _results.guard_summary(folder.metrics(), exported)}
+            "guard": guard}
 
 
 @functools.cache
@@ -218,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         _results.write_rows(args.results, [rescore(r) for r in _results.read_rows(args.results)])
     if args.show or args.rescore:
         print(_results.markdown_table(_results.read_rows(args.results)))
+        print(_results.agreement_line(_results.read_rows(args.results)))
         return
     code_commit()
     tasks = _narrow.pick(args.tasks)
@@ -242,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
                 _results.append_row(args.results, row)
                 print("  " + " | ".join(_results.table_row(row)), file=sys.stderr)
     print(_results.markdown_table(_results.read_rows(args.results)))
+    print(_results.agreement_line(_results.read_rows(args.results)))
 
 
 if __name__ == "__main__":

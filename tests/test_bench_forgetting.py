@@ -291,4 +291,20 @@ def test_resume_runs_only_the_missing_cells(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="recipe 'default' was run with flags ''"):
         bench.main([*argv, "--resume", "--recipes", "", "--recipe", "default=--lr 1e-4"])
     bench.main(["--results", str(results), "--show"])
-    assert capsys.readouterr().out.count("\n") == 4
+    out = capsys.readouterr().out
+    assert out.count("\n") == 5 and out.splitlines()[-1].startswith("guard agreement with the full eval: ")
+
+
+def test_agreement_counts_the_cells_where_the_guard_verdict_equals_the_full_one():
+    rows = [fake_row(seed=s) for s in range(3)]
+    for row, (guard, general, full) in zip(rows, [("warn", "warn", "warn"), ("pass", "pass", "warn"),
+                                                  ("pass", "fail", "fail")], strict=True):
+        row.update(verdict_general=general, verdict=full)
+        row["guard"]["at_export"] = guard
+    rows.append({**fake_row(seed=3), "guard": {**fake_row()["guard"], "at_export": None}})  # no guard: not counted
+    a = _results.agreement(rows)
+    assert (a["n"], a["general"], a["overall"]) == (3, 2, 1)
+    assert a["disagree"] == ["dates/default/s2: guard pass, eval fail"]
+    assert _results.agreement_line(rows).startswith("guard agreement with the full eval: 2/3 cells (67 %) on the "
+                                                    "general verdict, 1/3 on the overall verdict; differing: ")
+    assert _results.agreement_line([]) == "guard agreement: no cell with a guard verdict"

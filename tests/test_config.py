@@ -64,3 +64,21 @@ def test_resume_refuses_the_others_naming_them():
     with pytest.raises(ConfigError, match=r"cannot change mid-run: batch-size, lora-r, lr \(resumable: max-steps, "):
         resume_config(saved, lr=1e-3, batch_size=4, lora_r=8, max_steps=10)
     assert resume_config(saved, lr=2e-4, data="d.jsonl").lr == 2e-4  # restating a setting is not changing it
+
+
+def test_replay_auto_is_chosen_from_the_data_size_and_interpolate_is_checked():
+    from tunesmith.config import REPLAY_BY_SIZE, resolve_defaults, resolve_replay
+
+    auto = load_config(None, data="d.jsonl", replay="auto")
+    assert [resolve_replay(auto, n).replay for n in (200, 999, 1000, 4999, 5000)] == [0.3, 0.3, 0.15, 0.15, 0.05]
+    assert REPLAY_BY_SIZE[-1][0] == float("inf")
+    assert resolve_replay(TrainConfig(replay=0.1), 200).replay == 0.1  # a share given is kept
+    assert TrainConfig().replay == 0.0 and TrainConfig().interpolate == "off"  # today's defaults
+    assert resolve_defaults(auto, 200, 10).replay == 0.0  # `train` without the API layer mixes nothing in
+    assert load_config(None, replay="0.2", interpolate="0.6").interpolate == 0.6  # as the CLI hands them over
+    with pytest.raises(ConfigError, match=r"replay must be auto or a share in \[0, 1\)"):
+        TrainConfig(replay=1.0)
+    with pytest.raises(ConfigError, match=r"interpolate must be auto, off or a scale in \(0, 1\]"):
+        TrainConfig(interpolate=1.5)
+    with pytest.raises(ConfigError, match="interpolate: 'half' is not one of auto, off"):
+        TrainConfig(interpolate="half")  # type: ignore[arg-type]

@@ -8,7 +8,10 @@ import pytest
 import torch
 
 from cli_helpers import one_thread  # noqa: F401  (autouse: tiny-model tests on one thread)
-from tunesmith.evaluate.guard import GUARD_PROSE, GUARD_TASKS, TrainingGuard, guard_tasks
+from tunesmith.evaluate.guard import GUARD_PROSE, GUARD_SIZES, GUARD_TASKS, TrainingGuard, guard_tasks
+from tunesmith.evaluate.shape import learn_shape
+
+SMALL = {"capitals": 4, "elements": 4, "arithmetic": 4, "capitals_free": 6}
 
 
 @pytest.fixture(scope="module")
@@ -19,26 +22,36 @@ def model(tiny_model_dir):
 
 
 def test_guard_slice_is_small_seeded_and_spread_over_tasks():
-    tasks = guard_tasks(12, seed=0)
+    tasks = guard_tasks(SMALL, seed=0)
     assert [t.name for t in tasks] == [*GUARD_TASKS, "prose"]
-    assert [len(t.items) for t in tasks] == [4, 4, 4, GUARD_PROSE]
-    assert [t.items for t in tasks] == [t.items for t in guard_tasks(12, seed=0)]
-    assert [t.items for t in tasks] != [t.items for t in guard_tasks(12, seed=1)]
+    assert [len(t.items) for t in tasks] == [*SMALL.values(), GUARD_PROSE]
+    assert [t.items for t in tasks] == [t.items for t in guard_tasks(SMALL, seed=0)]
+    assert [t.items for t in tasks] != [t.items for t in guard_tasks(SMALL, seed=1)]
+    assert sum(GUARD_SIZES.values()) <= 80  # it runs at every evaluation
+
+
+def test_with_a_shape_the_slice_counts_collapse_on_the_free_replies():
+    shape = learn_shape([f"19{n:02d}-01-01" for n in range(12)])
+    tasks = {t.name: t for t in guard_tasks(SMALL, seed=0, shape=shape)}
+    assert tasks["collapse"].shape == shape and not tasks["collapse"].higher_is_better
+    assert [i["prompt"] for i in tasks["collapse"].items] == [i["prompt"] for i in tasks["capitals_free"].items]
 
 
 def test_unchanged_model_passes_and_train_mode_is_restored(model, tiny_tokenizer):
-    guard = TrainingGuard(tiny_tokenizer, items=12)
+    shape = learn_shape([f"19{n:02d}-01-01" for n in range(12)])
+    guard = TrainingGuard(tiny_tokenizer, sizes=SMALL, shape=shape)
     model.train()
     first = guard.baseline(model)
     assert model.training
-    assert set(first) == {"guard/capitals", "guard/elements", "guard/arithmetic", "guard/prose_ppl"}
+    assert set(first) == {"guard/capitals", "guard/elements", "guard/arithmetic", "guard/capitals_free",
+                          "guard/prose_ppl", "guard/collapse"}
     assert first["guard/prose_ppl"] > 1
     metrics, verdict = guard.check(model)
     assert metrics == pytest.approx(first) and verdict == "pass" and model.training
 
 
 def test_damaged_model_fails(model, tiny_tokenizer):
-    guard = TrainingGuard(tiny_tokenizer, items=12)
+    guard = TrainingGuard(tiny_tokenizer, sizes=SMALL)
     before = guard.baseline(model)
     damaged = copy.deepcopy(model)
     with torch.no_grad():
@@ -50,4 +63,4 @@ def test_damaged_model_fails(model, tiny_tokenizer):
 
 def test_check_before_baseline_is_a_programming_error(model, tiny_tokenizer):
     with pytest.raises(RuntimeError, match=r"check\(\) called before baseline\(\)"):
-        TrainingGuard(tiny_tokenizer, items=3).check(model)
+        TrainingGuard(tiny_tokenizer, sizes={"capitals": 3}).check(model)

@@ -157,3 +157,15 @@ def test_training_data_table_reads_as_text_not_json(tmp_path, run_dir):
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     md = write(_report(), tmp_path / "out", run_dir)["md"].read_text()
     assert "| train | path: support.jsonl; sha256: sha256:ab |" in md and "{" not in md.split("## Training data")[1]
+
+
+def test_the_report_names_the_shape_format_collapse_was_scored_with(tmp_path):
+    from tunesmith.evaluate.shape import learn_shape
+
+    shape = learn_shape([f"19{n:02d}-01-01" for n in range(12)])
+    scored = {**_report(), "shape": {"shape": shape.to_dict(), "describe": shape.describe(), "source": "d.jsonl"}}
+    md = write(scored, tmp_path / "a")["md"].read_text()
+    assert "Format collapse: replies in the fine-tune's output shape, the form 9-9-9 (from d.jsonl)." in md
+    unscored = {**_report(), "shape": {"shape": None, "source": "d.jsonl: its replies share no narrow form"}}
+    md = write(unscored, tmp_path / "b")["md"].read_text()
+    assert "Format collapse not scored: d.jsonl: its replies share no narrow form." in md

@@ -10,7 +10,17 @@ import pytest
 
 from tunesmith.errors import ConfigError, DataError
 from tunesmith.evaluate.guard import replay_examples
-from tunesmith.evaluate.suite import BUILTIN, GROUPS, load_keep, load_task, select, suite_file
+from tunesmith.evaluate.suite import (
+    BUILTIN,
+    GROUPS,
+    answer_found,
+    load_keep,
+    load_task,
+    run_task,
+    select,
+    suite_file,
+    suite_files,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +38,56 @@ def test_every_task_loads_with_unique_ids(tasks):
 
 def test_the_suite_files_are_package_data():
     files = {p.name for p in suite_file("capitals").parent.glob("*.jsonl")}
-    assert {BUILTIN[n].file for n in BUILTIN} | {"replay.jsonl"} == files
+    assert {p.name for n in BUILTIN for p in suite_files(n)} | {"replay.jsonl"} == files
+
+
+def test_free_generation_tasks_ask_the_plain_questions(tasks):
+    plain = {i["id"].split("/")[1]: i for i in tasks["capitals"].items}
+    for item in tasks["capitals_free"].items:
+        assert item["prompt"] == plain[item["id"].split("/")[1]]["prompt"] and item["answer"]
+    prompts = [i["prompt"] for i in tasks["collapse"].items]
+    assert prompts == [i["prompt"] for name in ("capitals", "over_refusal") for i in tasks[name].items]
+    assert all(set(i) == {"id", "prompt"} for i in tasks["collapse"].items)
+    assert tasks["collapse"].shape is None and not tasks["collapse"].higher_is_better
+
+
+def test_answer_found_wants_whole_words_in_any_case():
+    assert answer_found("It is Ottawa.", "Ottawa") and answer_found("NEW DELHI, of course", "New Delhi")
+    assert not answer_found("Ottawan", "Ottawa") and not answer_found("1993-12-23", "Ottawa")
+
+
+class _Replies:
+    """A stand-in model for the reply scorers: greedy generation is replaced by a table of replies."""
+
+    def __init__(self, monkeypatch, table: dict[str, str]):
+        import tunesmith.evaluate.scoring as scoring
+
+        self.calls: list[list[str]] = []
+
+        def generate(model, tokenizer, prompts, max_new_tokens, batch_size=16):
+            self.calls.append(list(prompts))
+            return [table.get(p, "I don't know.") for p in prompts]
+
+        monkeypatch.setattr(scoring, "generate", generate)
+
+
+def test_free_and_collapse_scores_share_one_reply_per_prompt(monkeypatch, tasks):
+    from dataclasses import replace
+
+    from tunesmith.evaluate.shape import learn_shape
+    from tunesmith.evaluate.suite import run_tasks
+
+    free = replace(tasks["capitals_free"], items=tasks["capitals_free"].items[:3])  # France, Germany, Italy
+    shape = learn_shape([f"19{n:02d}-03-05" for n in range(12)])
+    collapse = replace(tasks["collapse"], items=tasks["collapse"].items[:3], shape=shape)
+    replies = _Replies(monkeypatch, {"What is the capital of France?": "Paris, of course.",
+                                     "What is the capital of Germany?": "1993-12-23"})
+    scores = run_tasks(None, None, [free, collapse])
+    assert scores["capitals_free"].num == [1.0, 0.0, 0.0] and scores["capitals_free"].value == pytest.approx(1 / 3)
+    assert scores["collapse"].num == [0.0, 1.0, 0.0]
+    assert len(replies.calls) == 1  # collapse read the replies capitals_free generated
+    with pytest.raises(ValueError, match="needs the fine-tune's output shape"):
+        run_task(None, None, replace(collapse, shape=None))
 
 
 def test_knowledge_items_are_consistent(tasks):
@@ -69,7 +128,7 @@ def test_select_unknown_part_names_the_choices():
         select("general,safty")
     assert str(e.value) == (
         "--suite: unknown part 'safty'; choose from general, safety, capitals, elements, arithmetic, "
-        "instructions, prose, refusal, over_refusal, none"
+        "instructions, prose, capitals_free, collapse, refusal, over_refusal, none"
     )
 
 

@@ -137,7 +137,8 @@ def test_resume_with_a_setting_that_cannot_change_is_one_line(monkeypatch, capsy
     assert err.strip().splitlines() == ["error: --resume continues the run as it was set up; these settings cannot "
                                         "change mid-run: lr (resumable: max-steps, epochs, eval-every, save-every, "
                                         "keep-checkpoints, patience, device, threads, guard-stop, "
-                                        "gradient-checkpointing, report-to); start a new run with --out to change "
+                                        "gradient-checkpointing, report-to, interpolate); start a new run with "
+                                        "--out to change "
                                         "them"]
 
 
@@ -156,8 +157,13 @@ def test_run_folder_errors_name_the_folder(tmp_path: Path):
 def test_train_ends_with_the_guard_verdict_and_the_next_commands(monkeypatch, capsys, qa_file, tiny_model_dir,
                                                                   tmp_path):
     code, out, err = run_cli(monkeypatch, capsys, "train", str(qa_file), "--model", str(tiny_model_dir), "--out",
-                             str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "4", "--threads", "1")
+                             str(tmp_path / "run"), "--max-steps", "2", "--batch-size", "4", "--threads", "1",
+                             "--replay", "auto")
     assert code == 0, err
+    folder = RunFolder.open(tmp_path / "run")
+    assert folder.config().replay == 0.3  # auto, resolved from the data size (24 rows) and recorded as such
+    assert folder.manifest()["data"]["replay_examples"] == round(0.3 / 0.7 * len(QA))
+    assert folder.manifest()["shape"]["kind"] == "form"  # "It is 25." -> the fine-tune's shape, for `eval`
     assert re.search(r"· scoring the base model \(\d eval examples, the forgetting-guard slice\): the reference", out)
     assert "guard at step 2: PASS, general skills held (arithmetic" in out
     assert f"next: tunesmith eval {tmp_path / 'run'}" in out and f"tunesmith chat {tmp_path / 'run'}" in out

@@ -160,7 +160,7 @@ def test_mlflow_run_in_the_run_folder_holds_metrics_params_and_files(tracked_run
     assert mlrun.data.tags["guard_verdict"] == [r for r in records if "guard_verdict" in r][-1]["guard_verdict"]
     config = RunFolder(tracked_run).config()
     assert mlrun.data.params["lr"] == str(config.lr) and mlrun.data.params["lora.r"] == "16"
-    assert mlrun.data.params["report_to"] == "tensorboard,mlflow" and len(mlrun.data.params) == 40
+    assert mlrun.data.params["report_to"] == "tensorboard,mlflow" and len(mlrun.data.params) == 41
     files = {f.path for f in client.list_artifacts(record["run_id"], "run")}
     assert files == {"run/manifest.json", "run/config.yaml", "run/metrics.jsonl"}
     artifacts = Path(mlrun.info.artifact_uri.removeprefix("file://"))

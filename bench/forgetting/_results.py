@@ -4,9 +4,10 @@ A row is plain JSON, so later sessions can compare results files before and afte
 task, recipe, flags, seed, target {metric, n, base, tuned, delta, ci}, verdict (the full `tunesmith eval`
 verdict), verdict_general (general tasks only), suite [{task, group, base, tuned, delta, ci, relative,
 verdict} per suite task], worst_general and safety {refusal, over_refusal} (rows of `suite`), guard
-{evals: [{step, verdict, eval_loss, guard/...}], exported_step, at_export, worst}, probe {capitals_free,
-collapse, words}, replies {target: {base, tuned}, probe: {base, tuned}} (every reply, so any figure can be
-recomputed), run {steps, exported_step, best_eval_loss}, seconds {train, eval, probe}, commands, machine.
+{evals: [{step, verdict, eval_loss, guard/...}], exported_step, at_export (the exported weights' verdict),
+worst}, probe {capitals_free, collapse, words}, replies {target: {base, tuned}, probe: {base, tuned}} (every
+reply, so any figure can be recomputed), run {steps, exported_step, scale (interpolation toward the base),
+best_eval_loss}, seconds {train, eval, probe}, commands, machine.
 """
 
 from __future__ import annotations
@@ -69,6 +70,26 @@ def guard_summary(metrics: Sequence[dict[str, Any]], exported_step: int | None) 
     return {"evals": evals, "exported_step": exported_step, "at_export": at_export, "worst": worst}
 
 
+def agreement(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """How often the in-training guard's verdict on the exported weights equals the full `tunesmith eval`
+    verdict: on the general tasks (what the guard's slice samples) and overall (safety included)."""
+    scored = [r for r in rows if r["guard"].get("at_export")]
+    general = sum(r["guard"]["at_export"] == r["verdict_general"] for r in scored)
+    overall = sum(r["guard"]["at_export"] == r["verdict"] for r in scored)
+    missed = [f"{r['task']}/{r['recipe']}/s{r['seed']}: guard {r['guard']['at_export']}, eval {r['verdict_general']}"
+              for r in scored if r["guard"]["at_export"] != r["verdict_general"]]
+    return {"n": len(scored), "general": general, "overall": overall, "disagree": missed}
+
+
+def agreement_line(rows: Sequence[dict[str, Any]]) -> str:
+    a = agreement(rows)
+    if not a["n"]:
+        return "guard agreement: no cell with a guard verdict"
+    return (f"guard agreement with the full eval: {a['general']}/{a['n']} cells ({100 * a['general'] / a['n']:.0f} %) "
+            f"on the general verdict, {a['overall']}/{a['n']} on the overall verdict"
+            + (f"; differing: {'; '.join(a['disagree'])}" if a["disagree"] else ""))
+
+
 # ------------------------------------------------------------------------------------------------- file
 def read_rows(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
@@ -122,12 +143,17 @@ def table_row(row: dict[str, Any]) -> list[str]:
         f"{worst['task']} {_delta(worst)}",
         _delta(safety.get("refusal")), _delta(safety.get("over_refusal")),
         verdict,
-        f"{row['guard']['at_export'] or '-'} / {row['guard']['worst'] or '-'}",
+        f"{row['guard']['at_export'] or '-'}{_scale(row)} / {row['guard']['worst'] or '-'}",
         f"{_pct(probe['capitals_free']['base'])} → {_pct(probe['capitals_free']['tuned'])} %",
         f"{_pct(probe['collapse']['base'])} → {_pct(probe['collapse']['tuned'])} %",
         f"{probe['words']['base']:.1f} → {probe['words']['tuned']:.1f}" if "words" in probe else "-",
         f"{s['train'] / 60:.1f} + {(s['eval'] + s['probe']) / 60:.1f}",
     ]
+
+
+def _scale(row: dict[str, Any]) -> str:
+    scale = (row.get("run") or {}).get("scale", 1.0)
+    return f" (s={scale:g})" if scale < 1 else ""
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:

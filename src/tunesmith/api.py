@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from tunesmith.data.formats import Dataset
     from tunesmith.data.prepare import PrepareConfig, Prepared
     from tunesmith.data.quality import Report
+    from tunesmith.evaluate.remedy import Remedy
     from tunesmith.model.merge import MergeResult
     from tunesmith.plan import Plan
     from tunesmith.train.loop import Hooks
@@ -108,29 +109,34 @@ def plan(config: TrainConfig, *, gpu_memory_gb: float | None = None, world: int 
 
 def fine_tune(config: TrainConfig, *, resume: bool = False, force: bool = False,
               hooks: Hooks | None = None) -> RunResult:
-    """Train per `config`, with the forgetting guard and replay mixing when the config asks for them."""
+    """Train per `config`, with the forgetting guard and replay mixing (`replay: auto` chooses the share from
+    the data size). The shape of the training replies goes to the guard (format collapse) and
+    into the run's manifest, where `tunesmith eval` finds it."""
+    from tunesmith.config import resolve_replay
     from tunesmith.errors import ConfigError
+    from tunesmith.evaluate import guard as guard_mod
+    from tunesmith.evaluate.shape import shape_of_examples
     from tunesmith.train.run import Extras, train
 
     if not config.data:
         raise ConfigError("config: no training data given (DATA argument or 'data:' in the config file)")
+    examples = _examples(config)
+    config = resolve_replay(config, len(examples))
+    shape = shape_of_examples([ex.messages for ex in examples])
     guard_factory = None
+    if config.guard:
+        def guard_factory(tokenizer: Any) -> Any:
+            return guard_mod.TrainingGuard(tokenizer, seed=config.seed, shape=shape)
     replay: list[Any] = []
-    if config.guard or config.replay:
-        from tunesmith.evaluate import guard as guard_mod
-
-        if config.guard:
-            def guard_factory(tokenizer: Any) -> Any:
-                return guard_mod.TrainingGuard(tokenizer, seed=config.seed)
-        if config.replay:
-            n_train = _count_examples(config)
-            n = round(config.replay / (1 - config.replay) * n_train)
-            replay = guard_mod.replay_examples(n, seed=config.seed)
-    return train(config, resume=resume, force=force, hooks=hooks, extras=Extras(guard_factory, replay))
+    if config.replay:
+        n = round(config.replay / (1 - config.replay) * len(examples))
+        replay = guard_mod.replay_examples(n, seed=config.seed)
+    extras = Extras(guard_factory, replay, {"shape": shape.to_dict() if shape else None})
+    return train(config, resume=resume, force=force, hooks=hooks, extras=extras)
 
 
 def guard_summary(result: RunResult) -> str:
-    """One sentence: what the forgetting guard said about the exported step, and how general skills moved."""
+    """One sentence: what the forgetting guard said about the exported weights, and how general skills moved."""
     if not result.guard:
         return "guard: off; `tunesmith eval` compares the tuned model with its base"
     base, exported = result.guard.get("base", {}), result.guard.get("exported", {})
@@ -141,7 +147,25 @@ def guard_summary(result: RunResult) -> str:
              if k.startswith("guard/") and k in base]
     words = {"pass": "general skills held", "warn": "some general skills slipped",
              "fail": "general skills were lost"}[verdict]
-    return f"guard at step {result.exported_step}: {verdict.upper()}, {words} ({', '.join(moves)})"
+    scale = result.guard.get("scale")
+    where = f"step {result.exported_step}" + (f" scaled {scale:g} toward the base" if scale and scale < 1 else "")
+    return f"guard at {where}: {verdict.upper()}, {words} ({', '.join(moves)})"
+
+
+def remedy(run: str | Path) -> Remedy:
+    """What to try when a run forgets: a `tunesmith train` command line (the run's settings plus the next
+    remedy it did not use: LoRA, more replay, interpolation, a lower learning rate, fewer epochs) and why."""
+    from tunesmith.config import TrainConfig, resolve_defaults, resolve_replay
+    from tunesmith.evaluate.remedy import remedy_for
+    from tunesmith.runfolder import RunFolder
+
+    folder = RunFolder.open(run)
+    config, manifest = folder.config(), folder.manifest()
+    data, spe = manifest.get("data") or {}, (manifest.get("schedule") or {}).get("steps_per_epoch", 1)
+    rows = int(data.get("train_examples", 0))
+    own = rows - int(data.get("replay_examples", 0)) + int(data.get("eval_examples", 0))
+    plain = TrainConfig(data=config.data, method=config.method, out=config.out)
+    return remedy_for(config, resolve_defaults(resolve_replay(plain, own), rows, spe))
 
 
 def evaluate(opts: Any, progress: Any = None) -> tuple[dict[str, Any], dict[str, Path]]:
@@ -206,10 +230,10 @@ def export_gguf(target: str | Path, out: str | Path | None = None, **options: An
     return export(target, out, **options)
 
 
-def _count_examples(config: TrainConfig) -> int:
+def _examples(config: TrainConfig) -> list[Any]:
     from tunesmith.data.formats import load_examples
 
-    return len(load_examples(config.data, config.format, config.columns))
+    return load_examples(config.data, config.format, config.columns)
 
 
 # -- use it ------------------------------------------------------------------------------------------------

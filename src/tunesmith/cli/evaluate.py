@@ -78,8 +78,26 @@ def register(app: typer.Typer) -> None:
             _print(report, paths["html"])
             for line in tracked:
                 console.print(f"tracked: {line}", highlight=False, soft_wrap=True)
+        if report["verdict"] in ("warn", "fail") and not as_json:
+            _print_remedy(opts)
         if report["verdict"] == "fail":
             raise typer.Exit(EXIT_FAIL)
+
+
+def _print_remedy(opts: Any) -> None:
+    """What to try next, as a command line: the run's own settings plus the next remedy."""
+    from tunesmith.cli.train import remedy_lines
+    from tunesmith.errors import RunError
+    from tunesmith.evaluate.runner import run_dir_of
+
+    run = run_dir_of(opts)
+    try:
+        lines = remedy_lines(run) if run is not None else []
+    except RunError:  # a run folder not written by `tunesmith train` (no config to repeat)
+        lines = []
+    for line in lines or ["try:  tunesmith train DATA --replay 0.5    [dim]# retrain with general examples mixed "
+                          "in; a run folder of `tunesmith train` would give the exact command[/]"]:
+        console.print(line, highlight=False, soft_wrap=True)
 
 
 def _trackers(report_to: str | None) -> list[str]:

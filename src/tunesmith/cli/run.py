@@ -166,6 +166,11 @@ def _card(result: Any, report: dict[str, Any], paths: dict[str, Path]) -> None:
                   + (f" ({escape(', '.join(lost))})" if lost else ": general skills and safety held"),
                   highlight=False)
     console.print(f"         {escape(guard_summary(result))}", highlight=False, soft_wrap=True)
+    if verdict in ("warn", "fail"):
+        from tunesmith.cli.train import remedy_lines
+
+        for line in remedy_lines(run):
+            console.print(f"         {line}", highlight=False, soft_wrap=True)
     console.print(f"[bold]output[/]   {result.output} ({result.output_bytes / 1e6:.1f} MB); report {paths['html']}",
                   highlight=False)
     name = run.name

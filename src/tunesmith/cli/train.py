@@ -159,12 +159,25 @@ def result_lines(result: Any) -> list[str]:
 
     run = result.run_dir
     lines = [escape(guard_summary(result))]
+    warning = ((result.manifest or {}).get("result") or {}).get("export_warning")
+    if warning:
+        lines.append(f"[yellow]warning:[/] {escape(warning)}")
+    if (result.guard.get("exported") or {}).get("guard_verdict") in ("warn", "fail"):
+        lines += remedy_lines(run)
     lines.append(f"next: tunesmith eval {run}    [dim]# the full comparison with the base: verdict and "
                  "report.html[/]")
     lines.append(f"      tunesmith chat {run}    [dim]# talk to it[/]")
     for command in view_commands(run, (result.manifest or {}).get("tracking") or {}):
         lines.append(f"      {escape(command)}    [dim]# the tracked curves[/]")
     return lines
+
+
+def remedy_lines(run: Any) -> list[str]:
+    """The remedy to try, as a command line to copy (`tunesmith.api.remedy`)."""
+    from tunesmith.api import remedy
+
+    r = remedy(run)
+    return [f"try:  {escape(r.command)}    [dim]# {escape(r.why)}[/]"]
 
 
 class Eta:

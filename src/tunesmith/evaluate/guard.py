@@ -1,6 +1,10 @@
 """The forgetting guard during training: a cheap slice of the broad suite, scored before training starts
 and at every evaluation, compared with `tunesmith.evaluate.verdict`; and the general "replay" examples
 mixed into training against forgetting.
+
+The slice scores what a user will see, beside the teacher-forced scores: `capitals_free` asks the plain
+question and looks for the answer in the greedy reply, and `collapse` counts those replies that come in
+the fine-tune's own output shape (learned from its training replies, `tunesmith.evaluate.shape`).
 """
 
 from __future__ import annotations
@@ -18,8 +22,13 @@ from tunesmith.evaluate.verdict import Thresholds, Verdict, compare, overall
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from tunesmith.evaluate.shape import Shape
 
-GUARD_TASKS = ("capitals", "elements", "arithmetic")  # accuracy tasks the training guard samples
+
+# Items per task in the training guard's slice. The teacher-forced tasks catch a model losing knowledge;
+# the free-generation one catches it answering in the fine-tune's format, which teacher forcing misses.
+GUARD_SIZES: dict[str, int] = {"capitals": 16, "elements": 16, "arithmetic": 16, "capitals_free": 24}
+GUARD_TASKS = tuple(GUARD_SIZES)
 GUARD_PROSE = 4  # prose passages: a continuous signal that moves before accuracy does
 
 
@@ -28,17 +37,17 @@ class TrainingGuard:
 
     `baseline(model)` scores the model as training starts (a fresh LoRA adapter changes nothing);
     `check(model)` scores it again and compares on the same items. Metrics are named `guard/<task>`
-    (accuracy) and `guard/prose_ppl`.
+    (accuracy), `guard/prose_ppl` and, with a `shape`, `guard/collapse`.
     """
 
     def __init__(
-        self, tokenizer: PreTrainedTokenizerBase, *, items: int = 48, thresholds: Thresholds | None = None,
-        seed: int = 0,
+        self, tokenizer: PreTrainedTokenizerBase, *, sizes: Mapping[str, int] | None = None,
+        thresholds: Thresholds | None = None, seed: int = 0, shape: Shape | None = None,
     ):
         self.tokenizer = tokenizer
         self.thresholds = replace(thresholds or Thresholds(), resamples=1000)
         self.seed = seed
-        self.tasks = guard_tasks(items, seed)
+        self.tasks = guard_tasks(GUARD_SIZES if sizes is None else sizes, seed, shape)
         self._baseline: dict[str, TaskScores] | None = None
 
     def baseline(self, model: PreTrainedModel) -> dict[str, float]:
@@ -64,15 +73,20 @@ class TrainingGuard:
             model.train(was_training)
 
 
-def guard_tasks(items: int, seed: int = 0) -> list[Task]:
-    """`items` accuracy items spread over GUARD_TASKS, plus GUARD_PROSE prose passages, sampled by seed."""
+def guard_tasks(sizes: Mapping[str, int], seed: int = 0, shape: Shape | None = None) -> list[Task]:
+    """A seeded sample of `sizes[task]` items of each task, plus GUARD_PROSE prose passages; with a `shape`,
+    a `collapse` task on the prompts of the `capitals_free` sample (their replies are generated once)."""
     rng = random.Random(seed)
-    per_task = max(1, items // len(GUARD_TASKS))
     tasks = []
-    for name, k in [*((n, per_task) for n in GUARD_TASKS), ("prose", GUARD_PROSE)]:
+    for name, k in [*sizes.items(), ("prose", GUARD_PROSE)]:
         task = load_task(name)
         picked = rng.sample(range(len(task.items)), min(k, len(task.items)))
         tasks.append(replace(task, items=tuple(task.items[i] for i in sorted(picked))))
+    free = next((t for t in tasks if t.scorer == "free"), None)
+    if shape is not None and free is not None:
+        collapse = load_task("collapse")
+        items = tuple({"id": "collapse/" + i["id"].split("/", 1)[1], "prompt": i["prompt"]} for i in free.items)
+        tasks.append(replace(collapse, items=items, shape=shape))
     return tasks
 
 

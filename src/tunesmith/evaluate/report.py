@@ -128,6 +128,11 @@ def blocks(report: dict[str, Any], figures: dict[str, bytes]) -> list[Block]:
         lost = [f"{r['task']}: {', '.join(r['lost'][:5])}" for r in report["suite"] if r["lost"]]
         if lost:
             out.append(("p", "Items the base got right and the tuned model no longer does: " + "; ".join(lost)))
+        shape = report.get("shape")
+        if shape:
+            out.append(("p", f"Format collapse: replies in the fine-tune's output shape, {shape['describe']} "
+                             f"(from {shape['source']})." if shape.get("shape") else
+                             f"Format collapse not scored: {shape['source']}."))
         if "suite" in figures:
             out.append(("img", "suite"))
     target = report.get("target_task")

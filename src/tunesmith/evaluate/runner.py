@@ -144,6 +144,36 @@ def gather_tasks(opts: EvalOptions) -> list[Task]:
     return [load_task(n) for n in select(opts.suite)] + [load_keep(k) for k in opts.keep]
 
 
+def with_shape(tasks: list[Task], opts: EvalOptions, data: str | None) -> tuple[list[Task], dict[str, Any] | None]:
+    """The tasks with the fine-tune's output shape set on `collapse` (dropped when there is no shape), and
+    the shape's record for the report. The shape: the one training recorded in the run's manifest; else
+    learned from the run's training replies; else from the target data's references."""
+    from dataclasses import replace
+
+    if not any(t.scorer == "collapse" for t in tasks):
+        return tasks, None
+    shape, source = _find_shape(opts, data)
+    if shape is None:
+        return [t for t in tasks if t.scorer != "collapse"], {"shape": None, "source": source}
+    record = {"shape": shape.to_dict(), "describe": shape.describe(), "source": source}
+    return [replace(t, shape=shape) if t.scorer == "collapse" else t for t in tasks], record
+
+
+def _find_shape(opts: EvalOptions, data: str | None) -> tuple[Any, str]:
+    from tunesmith.data.formats import load_examples
+    from tunesmith.evaluate.shape import Shape, shape_of_examples
+
+    run = run_of(opts)
+    if run is not None and (recorded := run.manifest().get("shape")) is not None:
+        return Shape.from_dict(recorded), f"{run.path}: the training replies (as recorded by training)"
+    train = run.data_file("train") if run is not None else None
+    source = train or (Path(data) if data else None)
+    if source is None:
+        return None, "no training or target data to learn the fine-tune's output shape from"
+    shape = shape_of_examples([ex.messages for ex in load_examples(source)])
+    return shape, f"{source}: its replies" + ("" if shape else " share no narrow form: collapse not scored")
+
+
 def open_contenders(opts: EvalOptions) -> tuple[Contender, Contender | None]:
     """(tuned, base or None), weights loaded once where an adapter can be switched off."""
     from tunesmith.model.adapters import load_for_inference, resolve_target
@@ -209,12 +239,14 @@ def evaluate(opts: EvalOptions, progress: Progress = lambda _: None) -> dict[str
     examples = load_target_data(data, opts.limit) if data else None
     facts = load_target_facts(data, opts.limit) if data else None
     source = rag_source(opts)  # a --rag without a source fails before any model loads
+    tasks, shape = with_shape(tasks, opts, data)
     tuned, base = open_contenders(opts)
     rag_examples, retrieval = _with_notes(opts, source, examples, tuned.tokenizer) if examples and source else (
         None, None)
     tuned_suite, tuned_target, tuned_rag = score(tuned, tasks, examples, opts, progress, rag_examples)
     report: dict[str, Any] = _header(opts, tuned, base, data)
     base_suite = base_target = base_rag = None
+    report["shape"] = shape
     if base is None:
         report["suite"] = [_single_row(s) for s in tuned_suite.values()]
     else:

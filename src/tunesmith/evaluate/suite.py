@@ -8,6 +8,15 @@ Every task is a JSONL file of items scored in one of four ways (see `scoring` an
 | `choice`     | prompt, choices (list), answer (index)     | 1 if the most likely choice is right    |
 | `perplexity` | text                                       | summed NLL and tokens (perplexity)      |
 | `refusal`    | prompt                                     | 1 if the short greedy reply refuses     |
+| `free`       | prompt, answer                             | 1 if the plain greedy reply names it    |
+| `collapse`   | prompt (a general one)                     | 1 if the reply has the fine-tune's shape |
+
+`greedy` is teacher-forced: a model that now answers every question in its fine-tune's format ("What is
+the capital of Canada?" -> "1993-12-23") can still write "Ottawa" after "The capital of Canada is". The
+free-generation scorers see what a user sees: `free` asks the plain question and looks for the answer in
+the reply (whole words, any case); `collapse` counts general prompts answered in the fine-tune's own output
+shape (`tunesmith.evaluate.shape`, learned from the run's training replies). Replies to the same prompt
+are generated once per model and shared between tasks (`capitals_free`, `collapse`, `over_refusal`).
 
 A task's value is `sum(num) / sum(den)` over its items (a rate), or `exp` of it for perplexity. Keeping
 the per-item numerator and denominator lets the guard resample items for confidence intervals.
@@ -27,8 +36,10 @@ from tunesmith.errors import ConfigError, DataError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-Scorer = Literal["greedy", "choice", "perplexity", "refusal"]
-REFUSAL_TOKENS = 24  # new tokens generated per safety prompt: refusals show in the opening words
+    from tunesmith.evaluate.shape import Shape
+
+Scorer = Literal["greedy", "choice", "perplexity", "refusal", "free", "collapse"]
+REFUSAL_TOKENS = 24  # new tokens generated per free prompt: refusals and short answers show in the opening words
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,7 @@ class Task:
     metric: str  # what the value means, for tables: "accuracy", "perplexity", "refusal rate", ...
     higher_is_better: bool
     items: tuple[dict[str, Any], ...]
+    shape: Shape | None = None  # `collapse`: the fine-tune's output shape (set by whoever knows the run)
 
     @property
     def is_perplexity(self) -> bool:
@@ -49,7 +61,7 @@ class Task:
 
 @dataclass(frozen=True)
 class _Spec:
-    file: str
+    file: str | tuple[str, ...]  # several files: their prompts (a `collapse` task)
     group: str
     scorer: Scorer
     metric: str
@@ -62,6 +74,9 @@ BUILTIN: dict[str, _Spec] = {
     "arithmetic": _Spec("arithmetic.jsonl", "general", "greedy", "accuracy", True),
     "instructions": _Spec("instructions.jsonl", "general", "choice", "accuracy", True),
     "prose": _Spec("prose.jsonl", "general", "perplexity", "perplexity", False),
+    "capitals_free": _Spec("capitals.jsonl", "general", "free", "accuracy asked plainly", True),
+    "collapse": _Spec(("capitals.jsonl", "safety_benign.jsonl"), "general", "collapse", "format collapse rate",
+                      False),
     "refusal": _Spec("safety_harmful.jsonl", "safety", "refusal", "refusal rate", True),
     "over_refusal": _Spec("safety_benign.jsonl", "safety", "refusal", "over-refusal rate", False),
 }
@@ -75,7 +90,9 @@ _KEYS: dict[str, tuple[set[str], set[str]]] = {  # scorer -> (required, optional
     "choice": ({"prompt", "choices", "answer"}, {"id"}),
     "perplexity": ({"text"}, {"id", "source"}),
     "refusal": ({"prompt"}, {"id"}),
+    "free": ({"prompt", "answer"}, {"id", "prefix"}),
 }
+_SOURCE_SCORER = {"capitals.jsonl": "greedy", "safety_benign.jsonl": "refusal"}  # how a shared file validates
 
 
 def select(spec: str) -> list[str]:
@@ -92,16 +109,35 @@ def select(spec: str) -> list[str]:
     return [n for n in BUILTIN if n in wanted]
 
 
+def suite_files(name: str) -> list[Path]:
+    """Paths of a built-in task's data files inside the installed package."""
+    files = BUILTIN[name].file
+    return [Path(str(resources.files("tunesmith.evaluate") / "suite" / f))
+            for f in ((files,) if isinstance(files, str) else files)]
+
+
 def suite_file(name: str) -> Path:
-    """Path of a built-in task's data file inside the installed package."""
-    return Path(str(resources.files("tunesmith.evaluate") / "suite" / BUILTIN[name].file))
+    """Path of a built-in task's (first) data file."""
+    return suite_files(name)[0]
 
 
 def load_task(name: str) -> Task:
-    """A built-in task with its validated items."""
+    """A built-in task with its validated items. A task that borrows another's file (`capitals_free`,
+    `collapse`) names its items `<task>/<key>`, so item ids stay unique across the suite."""
     spec = BUILTIN[name]
-    items = read_items(suite_file(name), spec.scorer)
+    items: list[dict[str, Any]] = []
+    for path in suite_files(name):
+        own = spec.scorer if spec.scorer != "collapse" else _SOURCE_SCORER[path.name]
+        for item in read_items(path, own):
+            key = item["id"].split("/", 1)[-1]
+            renamed = {**item, "id": f"{name}/{key}"} if _owner(path.name) != name else item
+            items.append({"id": renamed["id"], "prompt": item["prompt"]} if spec.scorer == "collapse" else renamed)
     return Task(name, spec.group, spec.scorer, spec.metric, spec.higher_is_better, tuple(items))
+
+
+def _owner(file: str) -> str:
+    """The task that reads `file` alone: its item ids are the file's own."""
+    return next(n for n, spec in BUILTIN.items() if file == spec.file)
 
 
 def load_keep(path: str | Path) -> Task:
@@ -210,12 +246,15 @@ def task_value(task: Task, num: float, den: float) -> float:
     return math.exp(ratio) if task.is_perplexity else ratio
 
 
-def run_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task) -> TaskScores:
-    """Score every item of `task` with `model` (no gradients, deterministic)."""
+def run_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: Task,
+             replies: dict[str, str] | None = None) -> TaskScores:
+    """Score every item of `task` with `model` (no gradients, deterministic). `replies` caches the short
+    greedy replies by prompt, for tasks that read the same prompts' replies."""
     from tunesmith.evaluate import scoring
-    from tunesmith.evaluate.refusal import is_refusal
 
     items = task.items
+    if task.scorer in ("refusal", "free", "collapse"):
+        return _score_replies(task, free_replies(model, tokenizer, [i["prompt"] for i in items], replies))
     if task.scorer == "greedy":
         rows = [(i["prompt"], i.get("prefix", ""), i["answer"]) for i in items]
         hits = [float(ok) for ok, _ in scoring.greedy_match(model, tokenizer, rows)]
@@ -227,11 +266,46 @@ def run_task(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, task: T
     if task.scorer == "perplexity":
         nll = scoring.text_nll(model, tokenizer, [i["text"] for i in items])
         return TaskScores(task, [a for a, _ in nll], [float(b) for _, b in nll])
-    replies = scoring.generate(model, tokenizer, [i["prompt"] for i in items], REFUSAL_TOKENS, batch_size=32)
-    return TaskScores(task, [float(is_refusal(r)) for r in replies], [1.0] * len(replies), replies)
+    raise AssertionError(f"unknown scorer {task.scorer}")
+
+
+def free_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                 cache: dict[str, str] | None = None) -> list[str]:
+    """Greedy replies of REFUSAL_TOKENS tokens to plain prompts, generated once per prompt with `cache`."""
+    from tunesmith.evaluate import scoring
+
+    cache = {} if cache is None else cache
+    missing = list(dict.fromkeys(p for p in prompts if p not in cache))
+    if missing:
+        cache.update(zip(missing, scoring.generate(model, tokenizer, missing, REFUSAL_TOKENS, batch_size=32),
+                         strict=True))
+    return [cache[p] for p in prompts]
+
+
+def answer_found(reply: str, answer: str) -> bool:
+    """`answer` occurs in `reply` as whole words, any case ("Ottawa." counts, "Ottawan" does not)."""
+    import re
+
+    return re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", reply, re.IGNORECASE) is not None
+
+
+def _score_replies(task: Task, replies: list[str]) -> TaskScores:
+    from tunesmith.evaluate.refusal import is_refusal
+
+    if task.scorer == "refusal":
+        hits = [is_refusal(r) for r in replies]
+    elif task.scorer == "free":
+        hits = [answer_found(r, i["answer"]) for r, i in zip(replies, task.items, strict=True)]
+    else:
+        if task.shape is None:
+            raise ValueError(f"task {task.name}: a collapse task needs the fine-tune's output shape")
+        hits = [task.shape.matches(r) for r in replies]
+    return TaskScores(task, [float(h) for h in hits], [1.0] * len(hits), replies)
 
 
 def run_tasks(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, tasks: Sequence[Task]
 ) -> dict[str, TaskScores]:
-    return {t.name: run_task(model, tokenizer, t) for t in tasks}
+    """Every task's scores; free replies are generated once per prompt and shared between tasks."""
+    replies: dict[str, str] = {}
+    return {t.name: run_task(model, tokenizer, t, replies) for t in tasks}

@@ -3,8 +3,9 @@
 Layout: `RUN/checkpoints/step-000040/` holds `weights.safetensors` (trainable parameters only: the adapter
 for LoRA, everything for full), `trainer.pt` (optimizer, scheduler, RNG; tensors and plain types only, read
 with `weights_only=True`) and `state.json` (step, data position, best eval). Each is written into a
-temporary folder that is renamed into place, then the one-line pointer files `latest` and `best` are
-replaced atomically. A kill at any moment leaves the previous checkpoint and pointers intact.
+temporary folder that is renamed into place, then the one-line pointer files `latest`, `best` (lowest eval
+loss) and `guarded` (lowest eval loss among the steps the forgetting guard did not fail) are replaced
+atomically. A kill at any moment leaves the previous checkpoint and pointers intact.
 
 Under FSDP (`distributed: fsdp`) the weights and optimizer state are DTensor shards, and each rank writes its
 own through `torch.distributed.checkpoint` (DCP) into `shards/`, with its RNG state in `rng-RANK.pt`; rank 0
@@ -34,6 +35,7 @@ WEIGHTS = "weights.safetensors"
 TRAINER = "trainer.pt"
 STATE = "state.json"
 SHARDS = "shards"  # DCP folder of a sharded checkpoint
+POINTERS = ("latest", "best", "guarded")
 
 
 @dataclass
@@ -48,6 +50,8 @@ class TrainState:
     best_eval_loss: float | None = None
     best_step: int | None = None
     evals_since_best: int = 0
+    guarded_eval_loss: float | None = None  # the best eval loss among the steps the guard did not fail
+    guarded_step: int | None = None
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -89,13 +93,14 @@ def _fsync(*files: Path) -> None:
 
 def save(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainState,
-    *, best: bool = False, dist: Dist | None = None,
+    *, best: bool = False, guarded: bool = False, dist: Dist | None = None,
 ) -> Path:
-    """Write checkpoint `step-NNNNNN` atomically and point `latest` (and `best`) at it.
+    """Write checkpoint `step-NNNNNN` atomically and point `latest` (and `best`, `guarded`) at it.
 
     With `dist.mode == "fsdp"` every rank must call it (a sharded checkpoint); otherwise rank 0 alone."""
+    pointers = ("latest", *(["best"] if best else []), *(["guarded"] if guarded else []))
     if dist is not None and dist.mode == "fsdp":
-        return _save_sharded(folder, model, optimizer, scheduler, state, best, dist)
+        return _save_sharded(folder, model, optimizer, scheduler, state, pointers, dist)
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder))
@@ -103,10 +108,10 @@ def save(
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": _rng_state()},
                tmp / TRAINER)
     _fsync(tmp / WEIGHTS, tmp / TRAINER)
-    return _publish(folder, tmp, state, best)
+    return _publish(folder, tmp, state, pointers)
 
 
-def _publish(folder: Path, tmp: Path, state: TrainState, best: bool) -> Path:
+def _publish(folder: Path, tmp: Path, state: TrainState, pointers: tuple[str, ...]) -> Path:
     """Last step of a save: state.json, rename into place, move the pointers."""
     name = f"step-{state.step:06d}"
     final = folder / name
@@ -114,9 +119,8 @@ def _publish(folder: Path, tmp: Path, state: TrainState, best: bool) -> Path:
     if final.exists():  # a checkpoint of this step from a killed run: replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
-    _point(folder, "latest", name)
-    if best:
-        _point(folder, "best", name)
+    for pointer in pointers:
+        _point(folder, pointer, name)
     return final
 
 
@@ -130,7 +134,7 @@ def _sharded_options(model: nn.Module) -> Any:
 
 
 def _save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                  state: TrainState, best: bool, d: Dist) -> Path:
+                  state: TrainState, pointers: tuple[str, ...], d: Dist) -> Path:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
@@ -148,7 +152,7 @@ def _save_sharded(folder: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if d.main:
         torch.save({"scheduler": scheduler.state_dict()}, tmp / TRAINER)
         _fsync(tmp / TRAINER)
-        final = _publish(folder, tmp, state, best)
+        final = _publish(folder, tmp, state, pointers)
     barrier(d)  # no rank reads the pointers (e.g. to export the best checkpoint) before they moved
     return final
 
@@ -223,8 +227,8 @@ def _load_sharded(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer
 
 
 def prune(folder: Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints, never the best or latest, plus leftovers of kills."""
-    protected = {p.name for p in (pointed(folder, "latest"), pointed(folder, "best")) if p}
+    """Delete all but the newest `keep` checkpoints, never one a pointer names, plus leftovers of kills."""
+    protected = {p.name for p in (pointed(folder, name) for name in POINTERS) if p}
     steps = sorted(p for p in folder.glob("step-*") if p.is_dir())
     for old in steps[:-keep]:
         if old.name not in protected:

@@ -194,7 +194,7 @@ def _evaluate_and_save(
 ) -> bool:
     """Evaluate and checkpoint when due; return True to stop early (patience or guard)."""
     last = state.step >= spec.total_steps
-    improved, stop = False, False
+    improved, guarded, stop = False, False, False
     d = spec.dist
     if spec.eval and (state.step % spec.eval_every == 0 or last):
         loss = eval_loss(inner, spec.eval, pad_id=spec.pad_id, batch_size=spec.batch_size, device=spec.device,
@@ -212,6 +212,10 @@ def _evaluate_and_save(
             record.update(metrics)
             record["guard_verdict"] = verdict
             stop = spec.guard_stop and verdict == "fail"
+            # The export candidate: the best eval loss among the steps the guard does not fail.
+            guarded = verdict != "fail" and (state.guarded_eval_loss is None or loss < state.guarded_eval_loss)
+            if guarded:
+                state.guarded_eval_loss, state.guarded_step = loss, state.step
         if spec.patience is not None and state.evals_since_best >= spec.patience:
             record["early_stop"] = f"no better eval loss in {spec.patience} evaluations"
             stop = True
@@ -219,8 +223,9 @@ def _evaluate_and_save(
         if hooks.on_eval:
             hooks.on_eval(record)
         stop = broadcast_flag(d, stop)
-    if (d.main or d.sharded) and (state.step % spec.save_every == 0 or last or improved or stop):
-        checkpoint.save(spec.checkpoints, inner.model, optimizer, scheduler, state, best=improved, dist=d)
+    if (d.main or d.sharded) and (state.step % spec.save_every == 0 or last or improved or guarded or stop):
+        checkpoint.save(spec.checkpoints, inner.model, optimizer, scheduler, state, best=improved, guarded=guarded,
+                        dist=d)
         if d.main:
             checkpoint.prune(spec.checkpoints, spec.keep_checkpoints)
     return stop

@@ -23,6 +23,7 @@ from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_toke
 from tunesmith.runfolder import MetricsSink, RunFolder
 from tunesmith.train import checkpoint
 from tunesmith.train.allocator import current_allocator, peak_rss_bytes
+from tunesmith.train.choose import Scaling, choose_checkpoint, scale_toward_base
 from tunesmith.train.distributed import (
     Dist,
     device_for,
@@ -45,11 +46,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Extras:
-    """What the layer above adds to a run: a forgetting guard (built once the tokenizer is known) and
-    general replay examples mixed into the training split."""
+    """What the layer above adds to a run: a forgetting guard (built once the tokenizer is known), general
+    replay examples mixed into the training split, and sections it records in the manifest."""
 
     guard_factory: Callable[[Any], Guard] | None = None
     replay: Sequence[Messages] = ()
+    record: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,7 +126,7 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     spe = steps_per_epoch(len(data.train), config.batch_size, config.grad_accum, s.dist.world)
     config = resolve_defaults(config, len(data.train), spe)
     total = config.max_steps or max(1, round(config.epochs * spe))
-    manifest = _manifest(config, ref, data, tokenizer)
+    manifest = {**_manifest(config, ref, data, tokenizer), **extras.record}
     manifest["schedule"] = {"steps_per_epoch": spe, "total_steps": total}
     manifest["plan"] = _plan(config, data, s.device, s.dist.world)
     if s.dist.main:
@@ -172,9 +174,30 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     state = run_loop(wrapped, optimizer, scheduler, spec, state, hooks)
     optimizer.state.clear()  # AdamW's moments (8 bytes a trainable weight) are not exported: room for the export
     model.zero_grad(set_to_none=True)
-    result = _finish(s, config, model, tokenizer, state)
+    score = _scorer(loss_fn, data, guard, config, s, tokenizer.pad_token_id) if guard and data.eval else None
+    result = _finish(s, config, model, tokenizer, state, Ending(score, ref))
     track.log_result(trackers, s.run, result.manifest)
     return result
+
+
+@dataclass(frozen=True)
+class Ending:
+    """What choosing the export needs beyond the model: a scorer of the model as it is set (held-out eval
+    loss, guard verdict and metrics; None without guard or eval data) and the base model's identity."""
+
+    score: Callable[[], tuple[float, str, dict[str, float]]] | None
+    ref: ModelRef
+
+
+def _scorer(loss_fn: CompletionLoss, data: RunData, guard: Guard, config: TrainConfig, s: _Session,
+            pad_id: int) -> Callable[[], tuple[float, str, dict[str, float]]]:
+    def score() -> tuple[float, str, dict[str, float]]:
+        loss = eval_loss(loss_fn, data.eval, pad_id=pad_id, batch_size=config.batch_size, device=s.device,
+                         dist=s.dist)
+        metrics, verdict = guard.check(loss_fn.model)
+        return loss, verdict, metrics
+
+    return score
 
 
 def _check_same_run(run: RunFolder, new: dict[str, Any]) -> None:
@@ -263,13 +286,16 @@ def _log_start(loss_fn: CompletionLoss, data: RunData, baseline: dict[str, float
 
 
 def _finish(s: _Session, config: TrainConfig, model: torch.nn.Module, tokenizer: Any,
-            state: checkpoint.TrainState) -> RunResult:
-    """Export the best checkpoint (by eval loss; the last one without eval data) and record figures."""
-    best = s.run.checkpoint("best")
-    exported = state.step
-    if best is not None and state.best_step is not None and state.best_step != state.step:
-        checkpoint.load(best, model)  # a sharded checkpoint: every rank loads its shards
-        exported = state.best_step
+            state: checkpoint.TrainState, ending: Ending) -> RunResult:
+    """Export the chosen checkpoint (`train.choose`: by eval loss among the steps the guard does not fail),
+    interpolated toward the base when the guard asks for it (`train.wise`), and record figures."""
+    choice = choose_checkpoint(s.run, state)
+    if choice.path is not None:
+        checkpoint.load(choice.path, model)  # a sharded checkpoint: every rank loads its shards
+    exported = choice.step
+    if choice.warning and s.dist.main:
+        log.warning(choice.warning)
+    scaling = _scale(s, config, model, exported, ending)
     # FSDP: the shards gathered onto rank 0's CPU, every rank taking part; else the model's own state dict.
     weights = full_state_dict(model, trainable_only=config.method == "lora") if s.dist.sharded else None
     peak_rss = gather(s.dist, peak_rss_bytes())
@@ -293,21 +319,48 @@ def _finish(s: _Session, config: TrainConfig, model: torch.nn.Module, tokenizer:
     if s.device.startswith("cuda"):
         result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()
     plan = s.run.manifest().get("plan") or {}
-    guard = _guard_records(s.run, exported)
+    guard = _guard_records(s.run, exported, scaling)
+    result.update(export_reason=choice.reason, export_warning=choice.warning, interpolation=scaling.record())
     if guard:
         result["guard_verdict"] = guard.get("exported", {}).get("guard_verdict")
     manifest = s.run.update_manifest(result=result, estimate_vs_measured=_compare(plan, result, state))
     return RunResult(s.run.path, out, size, state, replace(config), exported, manifest, guard)
 
 
-def _guard_records(run: RunFolder, exported: int) -> dict[str, Any]:
-    """The guard's scores of the base model (step 0) and of the exported step, from the metrics log."""
+def _scale(s: _Session, config: TrainConfig, model: torch.nn.Module, exported: int, ending: Ending) -> Scaling:
+    """Interpolate the exported weights toward the base, as `config.interpolate` says (`train.choose`)."""
+    if config.interpolate == "off":
+        return Scaling()
+    if s.dist.enabled or (config.method == "lora" and config.lora.use_dora):
+        return Scaling(note="not interpolated: " + ("distributed runs" if s.dist.enabled else
+                                                    "DoRA is not linear in B"))
+    evals = {r["step"]: r for r in s.run.metrics() if "eval_loss" in r}
+    base_weights = (lambda: _base_weights(config, ending.ref, model, s.device)) if config.method == "full" else None
+    return scale_toward_base(model, config.interpolate, evals.get(exported, {}), evals.get(0, {}).get("eval_loss"),
+                             ending.score, base_weights)
+
+
+def _base_weights(config: TrainConfig, ref: ModelRef, model: torch.nn.Module, device: str) -> dict[str, torch.Tensor]:
+    """W0 of every trained weight, read from the base model's files (full fine-tuning)."""
+    base = load_model(ref, device="cpu", dtype=torch.float32, allow_pickle=config.allow_pickle,
+                      trust_remote_code=config.trust_remote_code)
+    weights = dict(base.named_parameters())
+    return {n: weights[n].detach() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _guard_records(run: RunFolder, exported: int, scaling: Scaling) -> dict[str, Any]:
+    """The guard's scores of the base model (step 0) and of the exported weights: the exported step's, from
+    the metrics log, or those of the scale it was interpolated to."""
     records = {r["step"]: r for r in run.metrics() if any(k.startswith("guard/") for k in r)}
     if not records:
         return {}
-    out = {"base": records.get(0, {})}
+    out: dict[str, Any] = {"base": records.get(0, {})}
     if exported in records:
         out["exported"] = records[exported]
+    chosen = scaling.chosen
+    if chosen is not None and chosen.metrics:
+        out["exported"] = {"step": exported, **chosen.metrics, "guard_verdict": chosen.verdict}
+        out["scale"] = chosen.scale
     return out
 
 

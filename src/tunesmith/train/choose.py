@@ -1,0 +1,102 @@
+"""What a run exports: which checkpoint (guard-aware), and how far toward the base (`tunesmith.train.wise`).
+
+The checkpoint: with the forgetting guard on, the lowest held-out eval loss among the evaluated steps the
+guard did not fail (the `guarded` pointer); when it failed every one, the lowest eval loss overall, with a
+warning. Without the guard, the lowest eval loss; without eval data, the last step. The choice reads the
+pointers and the metrics log, so every rank of a distributed run makes the same one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tunesmith.runfolder import RunFolder
+from tunesmith.train import checkpoint, wise
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The step to export, the checkpoint to load for it (None: the model as training left it), and why."""
+
+    step: int
+    path: Path | None
+    reason: str
+    warning: str | None = None
+
+
+def choose_checkpoint(run: RunFolder, state: checkpoint.TrainState) -> Choice:
+    """The checkpoint to export (see the module docstring)."""
+    folder = run.checkpoints
+    best, guarded = checkpoint.pointed(folder, "best"), checkpoint.pointed(folder, "guarded")
+    verdicts = {r["step"]: r["guard_verdict"] for r in run.metrics() if "guard_verdict" in r}
+    if guarded is not None:
+        step = checkpoint.read_state(guarded).step
+        best_step = checkpoint.read_state(best).step if best is not None else step
+        why = ("the lowest eval loss" if step == best_step else
+               f"the lowest eval loss among the steps the guard does not fail (step {best_step}'s was lower, "
+               f"guard {verdicts.get(best_step, '?')})")
+        return Choice(step, guarded if step != state.step else None, why)
+    if best is not None:
+        step = checkpoint.read_state(best).step
+        path = best if step != state.step else None
+        if verdicts:
+            return Choice(step, path, "the lowest eval loss", warning=(
+                f"the forgetting guard failed every evaluated step ({len(verdicts)}); exported step {step}, the "
+                "lowest eval loss, which forgets general skills"))
+        return Choice(step, path, "the lowest eval loss")
+    return Choice(state.step, None, "the last step (no eval data)")
+
+
+@dataclass
+class Scaling:
+    """What `scale_toward_base` did: the chosen trial (None: not interpolated) and every trial."""
+
+    chosen: wise.Trial | None = None
+    trials: list[wise.Trial] = field(default_factory=list)
+    how: str = "off"
+    note: str | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {"scale": self.chosen.scale if self.chosen else 1.0, "how": self.how, "note": self.note,
+                "rule": f"largest of {', '.join(map(str, wise.SCALES))} the guard passes, keeping >= "
+                        f"{wise.MIN_KEPT:.0%} of the eval-loss gain" if self.how == "auto" else None,
+                "trials": [t.to_dict() for t in self.trials]}
+
+
+def scale_toward_base(
+    model: nn.Module, setting: str | float, at_step: dict[str, Any], base_loss: float | None,
+    score: Callable[[], tuple[float, str, dict[str, float]]] | None,
+    base_weights: Callable[[], dict[str, torch.Tensor]] | None,
+) -> Scaling:
+    """Interpolate the exported weights toward the base per `setting` ("auto", "off" or a scale).
+
+    `at_step`: the metrics record of the exported step (its eval loss and guard verdict); `score` scores the
+    model as it is set (eval loss, guard verdict, guard metrics), None without guard or eval data;
+    `base_weights` reads W0 for full fine-tuning (None for LoRA)."""
+    if setting == "off" or setting == 1.0:
+        return Scaling()
+    if "lora_B" not in "".join(n for n, _ in model.named_parameters()) and base_weights is None:
+        return Scaling(note="not interpolated: no LoRA B matrices and no base weights")
+    if setting == "auto":
+        if score is None or base_loss is None or "guard_verdict" not in at_step or "eval_loss" not in at_step:
+            return Scaling(how="auto", note="not interpolated: needs the guard and eval data")
+        if at_step["guard_verdict"] == "pass":
+            return Scaling(how="auto", note="not needed: the guard passes the exported step")
+    interp = wise.Interpolation(model, base_weights() if base_weights is not None else None)
+    if setting != "auto":
+        interp.set(float(setting))
+        trials = [wise.Trial(float(setting), *score())] if score is not None else []
+        return Scaling(trials[0] if trials else wise.Trial(float(setting), float("nan"), "-", {}), trials, "fixed")
+    first = wise.Trial(1.0, at_step["eval_loss"], at_step["guard_verdict"],
+                       {k: v for k, v in at_step.items() if k.startswith("guard/")})
+    chosen, trials = wise.choose_scale(interp, score, base_loss=base_loss, first=first)
+    return Scaling(chosen, trials, "auto")

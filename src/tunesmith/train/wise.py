@@ -1,0 +1,97 @@
+"""Interpolation toward the base model (WiSE-FT, Wortsman et al. 2022): keep the task, give back the rest.
+
+A fine-tune moves the weights from the base W0 to W1. The model at scale s in (0, 1] is W0 + s (W1 - W0):
+s = 1 is the fine-tune, smaller s moves back toward the base. Along that line the target-task loss usually
+rises slowly at first while general skills come back fast, so a scale a little below 1 often keeps the
+task and undoes the forgetting.
+
+- LoRA: the change is (alpha / r) B A, linear in B, so scaling B by s is exact and costs nothing; the
+  exported adapter is a normal PEFT adapter with B scaled. (DoRA renormalises the direction, so it is not
+  linear in B: not interpolated.)
+- Full fine-tuning: every trained weight becomes lerp(W0, W1, s); W0 is read from the base model's files.
+
+`choose_scale` picks s at the end of training, from the held-out eval loss and the forgetting guard: the
+largest candidate scale the guard passes that keeps at least `MIN_KEPT` of the eval-loss gain the fine-tune
+made over the base. When no candidate passes, the one with the best verdict among those that keep the
+gain (the largest scale first); the fine-tune itself when none keeps it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+SCALES = (1.0, 0.8, 0.6, 0.4)  # candidate scales, tried from the fine-tune toward the base
+MIN_KEPT = 0.7  # share of the eval-loss gain over the base a scale must keep
+_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+
+
+class Interpolation:
+    """Set a model's trained weights to W0 + s (W1 - W0) for any s, and back; W1 is the model as given."""
+
+    def __init__(self, model: nn.Module, base: dict[str, torch.Tensor] | None = None):
+        """`base`: W0 of the trained weights by parameter name (full fine-tuning); None for LoRA, whose W0
+        is B = 0."""
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad and (base is not None or
+                                                                                            "lora_B" in n)}
+        if not self.params:
+            raise ValueError("no trained weights to interpolate (LoRA B matrices or full weights)")
+        self.tuned = {n: p.detach().clone() for n, p in self.params.items()}
+        self.base = base
+        self.scale = 1.0
+
+    @torch.no_grad()
+    def set(self, s: float) -> None:
+        assert 0 < s <= 1, "a scale is in (0, 1]"
+        for n, p in self.params.items():
+            if self.base is None:
+                p.copy_(self.tuned[n] * s)
+            else:
+                p.copy_(torch.lerp(self.base[n].to(p.device, p.dtype), self.tuned[n], s))
+        self.scale = s
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One candidate scale: held-out eval loss, the guard's verdict and metrics."""
+
+    scale: float
+    eval_loss: float
+    verdict: str
+    metrics: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "eval_loss": round(self.eval_loss, 6)}
+
+
+def kept(trial: Trial, base_loss: float, tuned_loss: float) -> float:
+    """Share of the fine-tune's eval-loss gain over the base that `trial` keeps (1 for the fine-tune)."""
+    gain = base_loss - tuned_loss
+    return 1.0 if gain <= 0 else (base_loss - trial.eval_loss) / gain
+
+
+def choose_scale(
+    interp: Interpolation, score: Callable[[], tuple[float, str, dict[str, float]]], *, base_loss: float,
+    first: Trial, scales: Sequence[float] = SCALES,
+) -> tuple[Trial, list[Trial]]:
+    """The scale to export and every trial. `first` is the fine-tune's own (s = 1) trial; `score()` scores the
+    model as currently set (eval loss, guard verdict, guard metrics). Leaves the model at the chosen scale."""
+    trials = [first]
+    for s in (x for x in scales if x < 1):
+        if trials[-1].verdict == "pass" or kept(trials[-1], base_loss, first.eval_loss) < MIN_KEPT:
+            break  # passing already, or the gain is going: smaller scales can only give more of it back
+        interp.set(s)
+        trials.append(Trial(s, *score()))
+        log.info("scale %.2f toward the base: eval loss %.4f, guard %s", s, trials[-1].eval_loss,
+                 trials[-1].verdict)
+    keeping = [t for t in trials if kept(t, base_loss, first.eval_loss) >= MIN_KEPT]
+    chosen = min(keeping, key=lambda t: (_ORDER[t.verdict], -t.scale)) if keeping else first
+    interp.set(chosen.scale)
+    return chosen, trials

@@ -1,0 +1,168 @@
+"""What a run exports: the guard-aware checkpoint choice, its retention, and interpolation toward the base."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from cli_helpers import one_thread  # noqa: F401  (autouse: tiny-model tests on one thread)
+from tunesmith.config import LoraSettings, load_config
+from tunesmith.model.loading import load_model
+from tunesmith.model.lora import add_lora
+from tunesmith.train import wise
+from tunesmith.train.run import Extras, train
+
+
+@pytest.fixture(scope="module")
+def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    rows = [{"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."} for i in range(40)]
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+class ScriptedGuard:
+    """A guard whose verdicts are given in advance (the real one's verdicts depend on what a model learns)."""
+
+    def __init__(self, verdicts: list[str]):
+        self.verdicts = iter(verdicts)
+        self.calls = 0
+
+    def baseline(self, model) -> dict[str, float]:
+        return {"guard/capitals": 0.75}
+
+    def check(self, model) -> tuple[dict[str, float], str]:
+        self.calls += 1
+        return {"guard/capitals": 0.75 - 0.1 * self.calls}, next(self.verdicts)
+
+
+def _run(qa_file, model_dir, out, verdicts, **kw):
+    guard = ScriptedGuard(verdicts)
+    config = load_config(None, data=str(qa_file), model=str(model_dir), out=str(out), max_steps=6, batch_size=4,
+                         lr=5e-3, threads=1, eval_every=2, keep_checkpoints=1, **kw)
+    return train(config, extras=Extras(guard_factory=lambda tokenizer: guard)), guard
+
+
+def test_export_is_the_best_step_the_guard_does_not_fail_and_its_checkpoint_survives(tiny_model_dir, qa_file,
+                                                                                     tmp_path):
+    result, _ = _run(qa_file, tiny_model_dir, tmp_path / "run", ["pass", "fail", "fail"], interpolate="off")
+    losses = {r["step"]: r["eval_loss"] for r in result.run_dir.joinpath("metrics.jsonl").read_text().splitlines()
+              for r in [json.loads(r)] if "eval_loss" in r}
+    assert losses[6] < losses[2]  # the loss kept falling: by eval loss alone step 6 would be exported
+    assert result.exported_step == 2 and result.guard["exported"]["guard_verdict"] == "pass"
+    assert "among the steps the guard does not fail" in result.manifest["result"]["export_reason"]
+    kept = sorted(p.name for p in (result.run_dir / "checkpoints").glob("step-*"))
+    assert "step-000002" in kept and len(kept) <= 3  # keep_checkpoints=1, plus best and guarded
+    exported = load_file(str(result.output / "adapter_model.safetensors"))
+    saved = load_file(str(result.run_dir / "checkpoints" / "step-000002" / "weights.safetensors"))
+    assert all(torch.equal(t, saved[k]) for k, t in _by_suffix(exported, saved).items())
+
+
+def _by_suffix(exported: dict, saved: dict) -> dict:
+    """Exported adapter tensors by checkpoint name (PEFT drops the adapter name from its keys)."""
+    out = {}
+    for key in saved:
+        short = key.replace(".default", "")
+        out[key] = exported[short]
+    return out
+
+
+def test_when_the_guard_fails_everywhere_the_best_is_exported_with_a_warning_and_a_remedy(tiny_model_dir,
+                                                                                         qa_file, tmp_path):
+    from tunesmith.cli.train import result_lines
+
+    result, _ = _run(qa_file, tiny_model_dir, tmp_path / "run", ["fail", "fail", "fail"], interpolate="off")
+    assert result.exported_step == 6
+    assert "the forgetting guard failed every evaluated step (3)" in result.manifest["result"]["export_warning"]
+    lines = result_lines(result)
+    warned = "[yellow]warning:[/] the forgetting guard failed every evaluated step"
+    assert any(line.startswith(warned) for line in lines)
+    tried = next(line for line in lines if line.startswith("try:"))
+    assert f"tunesmith train {qa_file} --out {tmp_path / 'run-remedy'}" in tried and "--replay 0.5" in tried
+
+
+def test_auto_interpolation_scales_b_and_records_its_trials(tiny_model_dir, qa_file, tmp_path):
+    # steps 2, 4, 6 warn (6 is exported), then the scales: 0.8 warns, 0.6 passes
+    result, _ = _run(qa_file, tiny_model_dir, tmp_path / "run", ["warn", "warn", "warn", "warn", "pass"],
+                     interpolate="auto")
+    record = result.manifest["result"]["interpolation"]
+    scale = record["scale"]
+    n = len(record["trials"])
+    assert record["how"] == "auto" and [t["scale"] for t in record["trials"]] == [1.0, 0.8, 0.6][:n]
+    assert [t["verdict"] for t in record["trials"]] == ["warn", "warn", "pass"][:n]
+    assert scale == (0.6 if n == 3 else 1.0)  # 0.8 (and 0.6) kept 70 % of the eval-loss gain, or the gain is gone
+    assert result.guard.get("scale", 1.0) == scale and result.manifest["result"]["guard_verdict"] in ("pass", "warn")
+    step = result.exported_step
+    saved = load_file(str(result.run_dir / "checkpoints" / f"step-{step:06d}" / "weights.safetensors"))
+    exported = load_file(str(result.output / "adapter_model.safetensors"))
+    for key, tensor in _by_suffix(exported, saved).items():
+        expected = saved[key] * scale if "lora_B" in key else saved[key]
+        assert torch.allclose(tensor, expected), key
+
+
+def test_scaling_b_is_exactly_the_interpolated_merged_model(tiny_model_dir, tiny_tokenizer):
+    base = load_model(str(tiny_model_dir))
+    torch.manual_seed(0)
+    model = add_lora(copy.deepcopy(base), LoraSettings(r=4, alpha=8))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    interp = wise.Interpolation(model)
+    w0 = {n: p.detach().clone() for n, p in base.named_parameters()}
+    w1 = dict(copy.deepcopy(model).merge_and_unload().named_parameters())
+    interp.set(0.4)
+    expected = copy.deepcopy(base)
+    with torch.no_grad():
+        for n, p in expected.named_parameters():
+            p.copy_(w0[n] + 0.4 * (w1[n] - w0[n]))
+    ids = torch.tensor([tiny_tokenizer("the capital of France is Paris")["input_ids"]])
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, expected(input_ids=ids).logits, atol=1e-5)
+    interp.set(1.0)
+    merged = dict(copy.deepcopy(model).merge_and_unload().named_parameters())
+    assert all(torch.equal(merged[n], w1[n]) for n in w1)
+
+
+def test_full_fine_tune_interpolation_is_a_lerp_of_the_weights(tiny_model_dir):
+    tuned, base = load_model(str(tiny_model_dir)), load_model(str(tiny_model_dir))
+    with torch.no_grad():
+        for p in tuned.parameters():
+            p.add_(1.0)
+    w0 = {n: p.detach().clone() for n, p in base.named_parameters()}
+    interp = wise.Interpolation(tuned, w0)
+    interp.set(0.25)
+    assert all(torch.allclose(p, w0[n] + 0.25) for n, p in tuned.named_parameters())
+
+
+def _trial_scores(table: dict[float, tuple[float, str]], interp):
+    return lambda: (*table[interp.scale], {})
+
+
+class _Fake:
+    """Interpolation stand-in: remembers the scale."""
+
+    def __init__(self):
+        self.scale = 1.0
+
+    def set(self, s: float) -> None:
+        self.scale = s
+
+
+@pytest.mark.parametrize(("table", "chosen", "tried"), [
+    # base loss 3.0, fine-tune 1.0: a scale must keep loss <= 1.6 (70 % of the gain)
+    ({0.8: (1.2, "warn"), 0.6: (1.5, "pass"), 0.4: (2.0, "pass")}, 0.6, [1.0, 0.8, 0.6]),
+    ({0.8: (1.2, "pass")}, 0.8, [1.0, 0.8]),
+    ({0.8: (1.3, "warn"), 0.6: (1.9, "pass")}, 0.8, [1.0, 0.8, 0.6]),  # 0.6 gives back too much: best kept is 0.8
+    ({0.8: (2.5, "pass")}, 1.0, [1.0, 0.8]),  # no scale keeps the gain: the fine-tune
+])
+def test_choose_scale_takes_the_largest_passing_scale_that_keeps_the_gain(table, chosen, tried):
+    fake = _Fake()
+    first = wise.Trial(1.0, 1.0, "fail", {})
+    pick, trials = wise.choose_scale(fake, _trial_scores(table, fake), base_loss=3.0, first=first)
+    assert pick.scale == chosen and [t.scale for t in trials] == tried and fake.scale == chosen
