@@ -124,3 +124,14 @@ def test_serve_command_answers_openai_clients_and_stops_on_ctrl_c(tiny_model_dir
         output = proc.communicate(timeout=30)[0]
     assert proc.returncode == 0, output
     assert f"serving {tiny_model_dir}, support-run, other on http://127.0.0.1:{port}/v1" in output
+
+
+def test_serve_without_a_model_takes_the_base_its_first_adapter_was_trained_on(tiny_model_dir: Path,
+                                                                             run_dir: Path) -> None:
+    from tunesmith.api import build_engine
+
+    engine = build_engine(None, [("support", str(run_dir))], device="cpu")
+    assert engine.model_ids()[0] == str(tiny_model_dir)  # the tiny base, not the built-in model
+    assert "support" in engine.model_ids()
+    with pytest.raises(ModelError, match="trained on a different base model"):  # a base named explicitly is kept
+        build_engine("smollm2-135m", [("support", str(run_dir))], device="cpu")

@@ -272,13 +272,18 @@ def stream_reply(model: Any, tokenizer: Any, ids: list[int], params: Any) -> Ite
     return stream(model, tokenizer, ids, params)
 
 
-def build_engine(model: str, adapters: list[tuple[str, str]], *, device: str = "auto", limits: Any = None,
+def build_engine(model: str | None, adapters: list[tuple[str, str]], *, device: str = "auto", limits: Any = None,
                  engine: str = "auto", int8: bool = False) -> Any:
     """The serving engine: one base model (or a LoRA run's base, its adapter served under the run's name) and
-    any number of named adapters on top."""
+    any number of named adapters on top. Without a model, the base the first adapter was trained on (the
+    built-in model when there is no adapter either)."""
     from tunesmith.model.adapters import resolve_target
+    from tunesmith.model.loading import DEFAULT_MODEL
     from tunesmith.serve.engine import Engine
 
+    if model is None:
+        first = resolve_target(adapters[0][1]).model if adapters else None
+        model = DEFAULT_MODEL if first is None else first.name if first.kind in ("builtin", "hub") else first.path
     target = resolve_target(model)
     base_id = target.model.name if target.adapter is not None else target.label
     served = Engine(target.model, base_id=base_id, device=device, limits=limits, engine=engine, int8=int8)

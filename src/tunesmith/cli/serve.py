@@ -105,7 +105,8 @@ def chat(
 
 
 def serve(
-    model: str = typer.Option("smollm2-135m", "--model", help="Base model to serve, or a run folder."),
+    model: str | None = typer.Option(None, "--model", help="Base model to serve, or a run folder (default: the base the "
+                              "first --adapter was trained on, else smollm2-135m)", show_default=False),
     adapter: list[str] = typer.Option([], "--adapter", help="NAME=PATH: serve an adapter or LoRA run folder "
                                       "under NAME (repeatable)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to bind; loopback by default."),
@@ -156,7 +157,7 @@ def serve(
     run_server(served_engine, config)
 
 
-def _engine(model: str, adapters: list[tuple[str, str]], device: str, limits_args: dict[str, int],
+def _engine(model: str | None, adapters: list[tuple[str, str]], device: str, limits_args: dict[str, int],
             speed: tuple[str, bool] = ("auto", False)) -> Engine:
     from tunesmith.api import Limits, build_engine
 
