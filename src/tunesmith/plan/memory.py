@@ -51,6 +51,9 @@ Allocator = Literal["mimalloc", "system"]
 GIB = 1024**3
 CPU_PROCESS_BYTES = 480 * 1024**2  # RSS of python + torch + transformers + peft + tokenizer, measured (glibc)
 MIMALLOC_PROCESS_BYTES = 540 * 1024**2  # the same under mimalloc (its arenas), measured
+# Each FSDP rank on CPU also holds the gloo process group and what remains of the host copy it loaded before
+# sharding: 130-280 MiB above the itemised parts in runs of 2 ranks (LoRA and full), measured
+FSDP_CPU_RANK_BYTES = 170 * 1024**2
 BNB_PROCESS_BYTES = 60 * 1024**2  # bitsandbytes' CPU library and its imports, measured
 CUDA_CONTEXT_BYTES = 600 * 1024**2  # CUDA context and kernels: outside max_memory_allocated
 HEAP_LIMIT = 32 * 1024**2  # glibc's largest mmap threshold: smaller tensors live in fragmenting heaps
@@ -161,6 +164,7 @@ def memory(arch: Arch, s: Setup) -> dict[str, int]:
     if s.device == "cpu":
         process = s.process_bytes or (MIMALLOC_PROCESS_BYTES if s.allocator == "mimalloc" else CPU_PROCESS_BYTES)
         framework = process + (BNB_PROCESS_BYTES if s.quant != "none" else 0)
+        framework += FSDP_CPU_RANK_BYTES if s.sharded and s.world > 1 else 0
     parts = dict.fromkeys(PARTS, 0)
     parts.update(framework=framework, weights=round(weights * share),
                  lora_weights=round(trainable * 4 * share) if s.method == "lora" else 0,
