@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -39,3 +40,13 @@ def scripted_tool_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tool_helpers import train_scripted_model
 
     return train_scripted_model(tmp_path_factory.mktemp("scripted-tools"))
+
+
+@pytest.fixture(scope="session")
+def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 arithmetic prompt/completion rows: 36 train after the eval split, so 9 micro-batches of 4 per epoch
+    (odd: an uneven tail on 2 ranks)."""
+    rows = [{"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."} for i in range(40)]
+    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

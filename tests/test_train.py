@@ -29,14 +29,6 @@ from tunesmith.train.optim import lr_factor
 from tunesmith.train.run import train
 
 
-@pytest.fixture(scope="module")
-def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rows = [{"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."} for i in range(40)]
-    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def _config(data: Path, model: Path, out: Path, **kw):
     base = dict(data=str(data), model=str(model), out=str(out), max_steps=6, batch_size=4, lr=5e-3,
                 guard=False, threads=1, eval_every=3)

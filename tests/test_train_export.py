@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,14 +15,6 @@ from tunesmith.model.loading import load_model
 from tunesmith.model.lora import add_lora
 from tunesmith.train import wise
 from tunesmith.train.run import Extras, train
-
-
-@pytest.fixture(scope="module")
-def qa_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rows = [{"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."} for i in range(40)]
-    path = tmp_path_factory.mktemp("data") / "qa.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 class ScriptedGuard:
