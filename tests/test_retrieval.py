@@ -89,3 +89,38 @@ def test_with_notes_keeps_the_reference_reply_and_names_the_sources() -> None:
 def test_nothing_to_retrieve_from_is_a_data_error() -> None:
     with pytest.raises(DataError, match="no notes to search"):
         Retriever([])
+
+
+def _system(ex: Example) -> str:
+    return ex.messages[0]["content"] if ex.messages[0]["role"] == "system" else ""
+
+
+def test_training_notes_keep_a_rows_own_note_in_most_rows_and_the_replies_unchanged() -> None:
+    """RAFT: the own note (the answer the row teaches) is among a row's notes in about GOLDEN_SHARE of the rows,
+    never in the rest; eval rows get the k best notes; the reply and the user turn are the row's own."""
+    from tunesmith.retrieval import GOLDEN_SHARE, training_notes
+
+    rows = [_row(f"How long is the warranty on kettle model {i}?", f"Model {i} has a {i + 1}-year warranty.",
+                 f"t:{i}") for i in range(200)]
+    held = [_row("What is the warranty on kettle model 7?", "Two years.", "eval:1")]
+    train, evals, info = training_notes(rows, held, WordTokenizer(), seed=3, k=2, budget=1000)
+    own = [f"A: {row.messages[1]['content']}" in _system(ex) for row, ex in zip(rows, train, strict=True)]
+    assert abs(sum(own) / len(own) - GOLDEN_SHARE) < 0.08
+    assert all(ex.messages[1:] == row.messages for row, ex in zip(rows, train, strict=True))
+    assert all("[2] Q:" in _system(ex) and "[3]" not in _system(ex) for ex in train)  # k notes each
+    assert "Model 7 has a 8-year warranty" in _system(evals[0]) and evals[0].messages[1:] == held[0].messages
+    assert info["golden_share"] == GOLDEN_SHARE and info["source"] == "training split" and info["k"] == 2
+    again, _, _ = training_notes(rows, held, WordTokenizer(), seed=3, k=2, budget=1000)
+    assert [ex.messages for ex in again] == [ex.messages for ex in train]  # seeded
+    other, _, _ = training_notes(rows, held, WordTokenizer(), seed=4, k=2, budget=1000)
+    assert [ex.messages for ex in other] != [ex.messages for ex in train]
+
+
+def test_training_notes_from_documents_have_no_own_note(tmp_path) -> None:
+    from tunesmith.retrieval import training_notes
+
+    (tmp_path / "policy.md").write_text("Returns are accepted for 45 days from delivery.\n\n"
+                                        "Descale every 4 weeks in hard water areas.\n")
+    train, _, info = training_notes(ROWS[:2], [], WordTokenizer(), docs=str(tmp_path), k=1)
+    assert info["golden_share"] is None and info["source"] == str(tmp_path)
+    assert "45 days" in _system(train[0]) and "Q:" not in _system(train[0])

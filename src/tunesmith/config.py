@@ -107,6 +107,13 @@ class TrainConfig:
         "off", "Scale the fine-tune's change toward the base (WiSE-FT) before exporting: auto, when the guard "
         "flags the exported step, takes the largest of 0.8, 0.6, 0.4 the guard passes that keeps 70 % of the "
         "eval-loss gain; a number in (0, 1] fixes the scale; off exports the fine-tune as trained", panel="Run")
+    rag: bool = setting(
+        False, "Retrieval-augmented fine-tuning (RAFT): train each chat row with notes retrieved (BM25) from the "
+        "training split in its prompt, as `eval --rag` and an app put them; the row's own note is kept in 80 % "
+        "of rows, so the model learns to use a note and to answer without one", panel="Run")
+    rag_docs: str | None = setting(
+        None, "With rag: retrieve the notes from these documents (.txt/.md, a file or folder) or a data file's "
+        "rows instead of the training split (implies rag)", panel="Run")
     allow_pickle: bool = setting(False, "Allow non-safetensors weights (pickle can run code)", panel="Run")
     trust_remote_code: bool = setting(False, "Run model code shipped with a hub model", panel="Run")
     report_to: str | list[str] = setting(

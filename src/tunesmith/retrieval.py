@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 PASSAGE_WORDS = 120  # a document passage: whole paragraphs up to this many words
 K = 3  # notes retrieved per question
 BUDGET = 384  # tokens of notes per prompt
+GOLDEN_SHARE = 0.8  # RAFT: share of training rows whose own note is among their notes
 PREAMBLE = "Answer the user's question using these notes from our knowledge base when they are relevant."
 
 Messages = list[dict[str, str]]
@@ -153,6 +154,45 @@ def with_notes(
         out.append(augmented)
         sources.append([n.source for n in used])
     return out, sources
+
+
+def training_notes(
+    train: Sequence[Example], evals: Sequence[Example], tokenizer: PreTrainedTokenizerBase, *,
+    docs: str | None = None, seed: int = 0, k: int = K, budget: int = BUDGET,
+) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """Retrieval-augmented fine-tuning (RAFT): every chat row with notes in its prompt, as `with_notes` puts them.
+
+    Notes come from `docs`, else from the training rows themselves. From the training split, a row's own note
+    (the answer it teaches) is among its notes in GOLDEN_SHARE of the rows, first if the search missed it; in
+    the rest only the other hits stay. So the model learns to answer from a note when one holds the answer,
+    and from what it knows when none does. Eval rows get what a reworded question would: the k best notes.
+    """
+    import random
+
+    from tunesmith.data.formats import load_examples
+
+    source = docs or "training split"
+    retriever = Retriever.from_examples(load_examples(docs) if docs else train)
+    rng = random.Random(seed)
+    out_train = []
+    for ex in train:
+        hits = retriever.search(question_of(ex.messages), k + 1)
+        if docs is None:
+            own = set(notes_of(ex))
+            hits = [h for h in hits if h.note not in own]
+            if rng.random() < GOLDEN_SHARE:
+                hits = [Hit(note, float("inf")) for note in own] + hits
+        out_train.append(_noted(ex, hits[:k], tokenizer, budget))
+    out_evals = [_noted(ex, retriever.search(question_of(ex.messages), k), tokenizer, budget) for ex in evals]
+    info = {**describe(retriever, source, k, budget), "golden_share": None if docs else GOLDEN_SHARE}
+    return out_train, out_evals, info
+
+
+def _noted(example: Example, hits: Sequence[Hit], tokenizer: PreTrainedTokenizerBase, budget: int) -> Example:
+    import dataclasses
+
+    messages, _ = augment(example.messages, hits, tokenizer, budget)
+    return dataclasses.replace(example, messages=messages)
 
 
 def describe(retriever: Retriever, source: str, k: int, budget: int) -> dict[str, Any]:

@@ -140,8 +140,9 @@ def _stage_eval(result: Any, quick: bool) -> tuple[dict[str, Any], dict[str, Pat
     from tunesmith.api import QUICK_EVAL_EXAMPLES, EvalOptions, evaluate
 
     _stage(5, "evaluate against the base")
+    config = result.config  # a model trained with notes (--rag) answers with notes as well
     opts = EvalOptions(target=str(result.run_dir), limit=QUICK_EVAL_EXAMPLES if quick else 64,
-                       device=result.config.device)
+                       device=config.device, rag=config.rag or bool(config.rag_docs), docs=config.rag_docs)
 
     def progress(message: str) -> None:
         console.print(f"[dim]· scoring {escape(message)}[/]", highlight=False)

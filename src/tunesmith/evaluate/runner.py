@@ -119,11 +119,25 @@ def rag_source(opts: EvalOptions) -> str | None:
     if opts.docs:
         return opts.docs
     run = run_of(opts)
+    trained_on = _trained_rag_docs(run)
+    if trained_on:  # a run trained with notes from documents: the same documents
+        return trained_on
     train = run.data_file("train") if run is not None else None
     if train is None:
         raise ConfigError(f"--rag: {opts.target} is not a run folder with its training split (data/train.jsonl); "
                           "name what to retrieve from with --docs PATH (a data file or a folder of .txt/.md)")
     return str(train)
+
+
+def _trained_rag_docs(run: Any) -> str | None:
+    """The documents a run was trained to retrieve from (`train --rag-docs`), if any."""
+    from tunesmith.errors import RunError
+
+    if run is None:
+        return None
+    with suppress(RunError):
+        return run.config().rag_docs
+    return None
 
 
 def _with_notes(

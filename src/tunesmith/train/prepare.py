@@ -3,6 +3,8 @@
 The eval split is `tunesmith.data.prepare.split`, the same one `tunesmith data prepare` writes: examples that
 share a prompt or nearly duplicate each other stay on one side, so the eval set never asks what training
 answered. Documents (the `text` format) are packed into rows of max_length tokens (`train.batching.pack`).
+With `rag`, the chat rows (train and eval, not the replay) get retrieved notes in their prompts; the run
+folder's data/*.jsonl keep the rows as given, so `eval --rag` retrieves from the same notes.
 """
 
 from __future__ import annotations
@@ -54,8 +56,12 @@ def prepare(
         train_rows, eval_rows = examples, held
         info["eval"] = {"held_out_from_train": len(eval_rows), "fraction": config.eval_fraction,
                         "split": "by prompt and near-duplicate group"}
-    train_rows = train_rows + [_replay_example(m) for m in replay]
     packed = data.format == "text"
+    replayed = [_replay_example(m) for m in replay]  # general chat, answered without notes
+    as_given = (train_rows + replayed, eval_rows)  # what the run folder's data/*.jsonl keep
+    if config.rag or config.rag_docs:
+        train_rows, eval_rows, info["rag"] = _with_notes(config, tokenizer, train_rows, eval_rows, packed)
+    train_rows = train_rows + replayed
     train, dropped_train = training_rows(tokenizer, train_rows, config.max_length, packed=packed)
     evals, dropped_eval = training_rows(tokenizer, eval_rows, config.max_length, packed=packed)
     if not train:
@@ -72,7 +78,20 @@ def prepare(
     if dropped_train + dropped_eval:
         log.warning("%d examples dropped: their reply starts beyond max_length=%d",
                     dropped_train + dropped_eval, config.max_length)
-    return RunData(train_rows, eval_rows, train, evals, info)
+    return RunData(*as_given, train, evals, info)
+
+
+def _with_notes(
+    config: TrainConfig, tokenizer: PreTrainedTokenizerBase, train: list[Example], evals: list[Example], packed: bool
+) -> tuple[list[Example], list[Example], dict[str, Any]]:
+    """`--rag`: the rows with retrieved notes in their prompts (`retrieval.training_notes`)."""
+    from tunesmith.errors import ConfigError
+    from tunesmith.retrieval import training_notes
+
+    if packed:
+        raise ConfigError(f"rag: {config.data} holds documents (the text format); retrieval-augmented fine-tuning "
+                          "trains chat or prompt/completion rows, with the documents as --rag-docs")
+    return training_notes(train, evals, tokenizer, docs=config.rag_docs, seed=config.seed)
 
 
 def _replay_example(row: Messages) -> Example:
