@@ -39,3 +39,61 @@ def test_train_rag_end_to_end_and_documents_refused(monkeypatch, capsys, qa_file
     code, _, err = run(monkeypatch, capsys, "train", str(docs), "--model", str(tiny_model_dir), "--out",
                        str(tmp_path / "docs-run"), "--rag", "--max-steps", "1", "--no-guard")
     assert code == 2 and "--rag-docs" in err and "Traceback" not in err
+
+
+def test_serve_answers_with_notes_for_an_adapter_trained_with_them(tiny_model_dir, tmp_path):
+    """`train --rag` taught the adapter to answer with notes, so the server retrieves them for it (from the run's
+    training split) and for no other model."""
+    import openai
+
+    from test_serve_support import make_run
+    from tunesmith.config import dump_yaml
+    from tunesmith.model.loading import resolve
+    from tunesmith.serve.app import ServeConfig, background_server, create_app
+    from tunesmith.serve.engine import Engine, Limits
+
+    runs = {}
+    for name, rag in (("noted", True), ("plain", False)):
+        folder = make_run(tiny_model_dir, tmp_path / name, seed=1)
+        dump_yaml(load_config(None, data="qa.jsonl", model=str(tiny_model_dir), out=str(folder), rag=rag),
+                  folder / "config.yaml")
+        (folder / "data").mkdir()
+        (folder / "data" / "train.jsonl").write_text(json.dumps({"messages": [
+            {"role": "user", "content": "How long do I have to return a kettle?"},
+            {"role": "assistant", "content": "Returns are accepted for 45 days from delivery."}]}) + "\n")
+        runs[name] = folder
+    engine = Engine(resolve(str(tiny_model_dir)), base_id="tiny", device="cpu", limits=Limits(max_tokens=4))
+    for name, folder in runs.items():
+        engine.add_adapter(name, folder)
+    question = [{"role": "user", "content": "Can I still return my kettle?"}]
+    noted = engine.with_notes("noted", question)
+    assert PREAMBLE in noted[0]["content"] and "45 days" in noted[0]["content"] and noted[1:] == question
+    assert engine.with_notes("plain", question) == question and engine.with_notes("tiny", question) == question
+
+    with background_server(create_app(engine, ServeConfig())) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        usage = {m: client.chat.completions.create(model=m, messages=question, max_tokens=1).usage.prompt_tokens
+                 for m in ("noted", "plain", "tiny")}
+    assert usage["plain"] == usage["tiny"] < usage["noted"]
+    engine.remove_adapter("noted")
+    assert engine.with_notes("noted", question) == question
+    engine.close()
+
+
+def test_chat_and_generate_prompts_carry_the_notes(tiny_tokenizer):
+    """`tunesmith chat` / `generate` on a run trained with notes put the best notes for each question in the
+    prompt, the same way the server does."""
+    from tunesmith.api import prompt_ids
+    from tunesmith.data.formats import Example
+    from tunesmith.retrieval import Retriever
+    from tunesmith.serve.chat import Conversation
+
+    notes = Retriever.from_examples([Example(messages=[
+        {"role": "user", "content": "How long do I have to return a kettle?"},
+        {"role": "assistant", "content": "Returns are accepted for 45 days from delivery."}], source="t:1")])
+    chat = Conversation(tiny_tokenizer, max_prompt_tokens=1000, notes=notes)
+    ids, _ = chat.prompt("Can I return my kettle?")
+    assert "45 days" in tiny_tokenizer.decode(ids)
+    assert "45 days" not in tiny_tokenizer.decode(Conversation(tiny_tokenizer, max_prompt_tokens=1000)
+                                                  .prompt("Can I return my kettle?")[0])
+    assert "45 days" in tiny_tokenizer.decode(prompt_ids(tiny_tokenizer, "Can I return my kettle?", notes=notes))

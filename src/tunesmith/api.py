@@ -255,14 +255,27 @@ def load_for_chat(target: str, adapter: str | Path | None = None, *, device: str
                                   dtype=inference_dtype(dev))
 
 
-def prompt_ids(tokenizer: Any, text: str, *, system: str | None = None, raw: bool = False) -> list[int]:
-    """Token ids for one user message through the chat template (as training rendered it), or `raw` text."""
+def prompt_ids(tokenizer: Any, text: str, *, system: str | None = None, raw: bool = False,
+               notes: Any = None) -> list[int]:
+    """Token ids for one user message through the chat template (as training rendered it), or `raw` text.
+    `notes`: a `retrieval.Retriever` whose best notes for `text` go into the system message."""
     from tunesmith.data.tokenize import encode_prompt
+    from tunesmith.retrieval import augment
 
     if raw:
         return list(tokenizer(text)["input_ids"])
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+    if notes is not None:
+        messages = augment(messages, notes.search(text), tokenizer)[0]
     return encode_prompt(tokenizer, messages)
+
+
+def notes_for(target: str | Path) -> Any:
+    """The retriever a run trained with notes (`train --rag`) answers with; None for anything else."""
+    from tunesmith.retrieval import for_run
+
+    found = for_run(target)
+    return found[0] if found else None
 
 
 def stream_reply(model: Any, tokenizer: Any, ids: list[int], params: Any) -> Iterator[Any]:

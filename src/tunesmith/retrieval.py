@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunesmith.data.formats import Example
@@ -193,6 +194,28 @@ def _noted(example: Example, hits: Sequence[Hit], tokenizer: PreTrainedTokenizer
 
     messages, _ = augment(example.messages, hits, tokenizer, budget)
     return dataclasses.replace(example, messages=messages)
+
+
+def for_run(path: str | Path) -> tuple[Retriever, str] | None:
+    """The notes a run trained with `rag` answers with (its training split, or the documents it trained on)
+    and where they come from; None for any other folder or run."""
+    from tunesmith.data.formats import load_examples
+    from tunesmith.errors import RunError
+    from tunesmith.runfolder import RunFolder, is_run
+
+    if not is_run(path):
+        return None
+    run = RunFolder.open(path)
+    try:
+        config = run.config()
+    except RunError:  # a run without its config.yaml: nothing says it trained with notes
+        return None
+    if not (config.rag or config.rag_docs):
+        return None
+    source = config.rag_docs or run.data_file("train")
+    if source is None:
+        raise RunError(f"{path}: trained with notes (--rag) but its training split data/train.jsonl is missing")
+    return Retriever.from_examples(load_examples(source)), str(source)
 
 
 def describe(retriever: Retriever, source: str, k: int, budget: int) -> dict[str, Any]:

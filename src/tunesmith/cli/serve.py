@@ -47,11 +47,11 @@ def generate(
     quantize: str = typer.Option("auto", "--quantize", help=QUANTIZE_HELP),
 ) -> None:
     """Generate one reply and stream it to stdout (stats go to stderr)."""
-    from tunesmith.api import prompt_ids
+    from tunesmith.api import notes_for, prompt_ids
 
     text = sys.stdin.read() if prompt == "-" else prompt
     model, tokenizer = _load(target, adapter, device, quantize)
-    ids = prompt_ids(tokenizer, text, system=system, raw=raw)
+    ids = prompt_ids(tokenizer, text, system=system, raw=raw, notes=None if adapter else notes_for(target))
     _check_window(model, len(ids), max_tokens)
     _stream_reply(model, tokenizer, ids, _params(max_tokens, temperature, top_p, seed, stop))
 
@@ -72,13 +72,14 @@ def chat(
 
     Reads stdin line by line, so a conversation can be piped in.
     """
-    from tunesmith.api import Conversation
+    from tunesmith.api import Conversation, notes_for
 
     model, tokenizer = _load(target, adapter, device, quantize)
     window = _context(model) - max_tokens
     if window < 1:
         raise ConfigError(f"--max-tokens {max_tokens} leaves no room for a prompt in a {_context(model)}-token window")
-    conversation = Conversation(tokenizer, system=system, max_prompt_tokens=window)
+    conversation = Conversation(tokenizer, system=system, max_prompt_tokens=window,
+                                notes=None if adapter else notes_for(target))
     params = _params(max_tokens, temperature, top_p, seed, [])
     interactive = sys.stdin.isatty()
     if interactive:

@@ -243,6 +243,7 @@ def _add_routes(app: FastAPI, engine: Engine, config: ServeConfig) -> None:
     async def chat(request: Request) -> Any:
         req: ChatRequest = parse(ChatRequest, await read_body(request, config.max_body_bytes))
         messages = [m.as_message() for m in req.messages]
+        messages = await asyncio.to_thread(engine.with_notes, req.model, messages)  # an adapter trained with notes
         plan = tools.plan(req, engine.tokenizer)  # None without tools
         if plan is None:
             prompt = await asyncio.to_thread(engine.chat_prompt, messages)

@@ -6,16 +6,21 @@ from typing import TYPE_CHECKING
 
 from tunesmith.data.tokenize import Message, encode_prompt
 from tunesmith.errors import TunesmithError
+from tunesmith.retrieval import augment
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
+
+    from tunesmith.retrieval import Retriever
 
 
 class Conversation:
     """Messages so far (an optional system message first) and the prompt for the next reply."""
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, system: str | None = None, max_prompt_tokens: int):
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, *, system: str | None = None, max_prompt_tokens: int,
+                 notes: Retriever | None = None):
         self.tokenizer = tokenizer
+        self.notes = notes  # a run trained with notes (train --rag): each reply gets the best notes for its question
         self.system: list[Message] = [{"role": "system", "content": system}] if system else []
         self.turns: list[Message] = []
         self.max_prompt_tokens = max_prompt_tokens
@@ -32,7 +37,10 @@ class Conversation:
         """Token ids for a reply to `user` after the history, and how many old exchanges were forgotten."""
         dropped = 0
         while True:
-            ids = encode_prompt(self.tokenizer, [*self.system, *self.turns, {"role": "user", "content": user}])
+            messages = [*self.system, *self.turns, {"role": "user", "content": user}]
+            if self.notes is not None:
+                messages = augment(messages, self.notes.search(user), self.tokenizer)[0]
+            ids = encode_prompt(self.tokenizer, messages)
             if len(ids) <= self.max_prompt_tokens:
                 return ids, dropped
             if not self.turns:

@@ -36,6 +36,7 @@ from tunesmith.serve.protocol import ApiError
 if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
+    from tunesmith.retrieval import Retriever
     from tunesmith.serve.batcher import LiveBatch
     from tunesmith.serve.fast import FastLlama
     from tunesmith.serve.lora_rows import Adapter
@@ -106,6 +107,7 @@ class Engine:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.context = int(getattr(self.model.config, "max_position_embeddings", 0) or 2048)
         self.adapters: dict[str, Path] = {}  # serving name -> PEFT folder
+        self._notes: dict[str, Retriever] = {}  # adapters trained with notes (train --rag) -> their notes
         self.fast: FastLlama | None = None
         self.fast_check: dict[str, float] = {}  # the start-up comparison with transformers' logits
         self._fast_adapters: dict[str, Adapter] = {}
@@ -159,6 +161,9 @@ class Engine:
                            param="name")
         folder, expected = adapter_folder(path)
         self._check_base(folder, expected)
+        from tunesmith.retrieval import for_run
+
+        found = for_run(path)  # a run trained with notes (--rag) answers with notes
         with self._model_lock:
             if name == self.base_id or name in self.adapters:
                 raise ApiError(409, f"model '{name}' is already served; pick another name or delete it first",
@@ -168,13 +173,28 @@ class Engine:
             else:
                 self._load(name, folder)
             self.adapters[name] = folder
-        log.info("adapter %s loaded from %s", name, folder)
+            self._notes.pop(name, None)
+            if found:
+                self._notes[name] = found[0]
+        log.info("adapter %s loaded from %s%s", name, folder,
+                 f"; it answers with notes retrieved from {found[1]}" if found else "")
+
+    def with_notes(self, model_id: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`messages` with retrieved notes in the system message when `model_id` is an adapter trained with them
+        (`train --rag`): it answers as it was trained (`retrieval.training_notes`)."""
+        from tunesmith.retrieval import augment, question_of
+
+        retriever = self._notes.get(model_id)
+        if retriever is None:
+            return messages
+        return augment(messages, retriever.search(question_of(messages)), self.tokenizer)[0]
 
     def remove_adapter(self, name: str) -> None:
         if name not in self.adapters:
             raise ApiError(404, f"adapter '{name}' is not loaded", param="name", code="model_not_found")
         with self._model_lock:
             del self.adapters[name]
+            self._notes.pop(name, None)
             if self.fast is not None:  # rows already decoding keep their copy of the weights until they finish
                 del self._fast_adapters[name]
             elif self.adapters:
