@@ -23,6 +23,18 @@ def test_rows_train_with_notes_and_eval_rows_too(qa_file, tiny_model_dir, tiny_t
     assert [ex.messages for ex in data.train_messages] == [ex.messages for ex in plain.train_messages]  # as given
 
 
+def test_notes_and_their_preamble_take_at_most_half_of_max_length(qa_file, tiny_model_dir, tiny_tokenizer, tmp_path):
+    config = load_config(None, data=str(qa_file), model=str(tiny_model_dir), out=str(tmp_path / "run"), rag=True,
+                         max_length=256)
+    data = prepare(config, tiny_tokenizer)
+    preamble = len(tiny_tokenizer(PREAMBLE, add_special_tokens=False)["input_ids"])
+    assert data.info["rag"]["budget_tokens"] == 128 - preamble and len(data.train) == 36  # every row still trains
+    assert all(PREAMBLE in tiny_tokenizer.decode(e.input_ids) for e in data.train)  # with its notes
+    tight = prepare(load_config(None, data=str(qa_file), model=str(tiny_model_dir), out=str(tmp_path / "t"),
+                                rag=True, max_length=2 * preamble), tiny_tokenizer)
+    assert tight.info["rag"]["budget_tokens"] == 0 and len(tight.train) == 36  # no room for notes: none
+
+
 def test_train_rag_end_to_end_and_documents_refused(monkeypatch, capsys, qa_file, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     code, out_text, err = run(monkeypatch, capsys, "train", str(qa_file), "--model", str(tiny_model_dir), "--out",

@@ -86,12 +86,16 @@ def _with_notes(
 ) -> tuple[list[Example], list[Example], dict[str, Any]]:
     """`--rag`: the rows with retrieved notes in their prompts (`retrieval.training_notes`)."""
     from tunesmith.errors import ConfigError
-    from tunesmith.retrieval import training_notes
+    from tunesmith.retrieval import BUDGET, PREAMBLE, training_notes
 
     if packed:
         raise ConfigError(f"rag: {config.data} holds documents (the text format); retrieval-augmented fine-tuning "
                           "trains chat or prompt/completion rows, with the documents as --rag-docs")
-    return training_notes(train, evals, tokenizer, docs=config.rag_docs, seed=config.seed)
+    # Notes and their preamble take at most half of max_length (the notes at most eval --rag's 384 tokens), so
+    # the question and the reply still fit.
+    preamble = len(tokenizer(PREAMBLE, add_special_tokens=False)["input_ids"])
+    budget = max(0, min(BUDGET, config.max_length // 2 - preamble))
+    return training_notes(train, evals, tokenizer, docs=config.rag_docs, seed=config.seed, budget=budget)
 
 
 def _replay_example(row: Messages) -> Example:
