@@ -86,7 +86,8 @@ def paired_bootstrap(
     idx = rng.integers(0, n, size=(resamples, n))  # (B, n): one resample of the items per row
 
     def stat(num: np.ndarray, den: np.ndarray, axis: int | None = None) -> np.ndarray:
-        return num.sum(axis=axis) / den.sum(axis=axis)
+        with np.errstate(invalid="ignore", divide="ignore"):  # a side with no scored turns: nan, reported as "-"
+            return num.sum(axis=axis) / den.sum(axis=axis)
 
     def delta(b: np.ndarray, t: np.ndarray) -> np.ndarray:
         return np.exp(t - b) - 1 if relative_exp else t - b
