@@ -34,6 +34,17 @@ def test_run_quick_goes_through_every_stage_and_ends_with_a_card(monkeypatch, ca
     assert RunFolder.open(out).config().max_steps == 24  # --quick
 
 
+def test_run_with_notes_is_evaluated_and_summed_up_with_notes(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    out = tmp_path / "run"
+    code, stdout, err = run(monkeypatch, capsys, "run", str(_data(tmp_path, QA)), "--model", str(tiny_model_dir),
+                            "--out", str(out), "--quick", "--rag", "--threads", "1", "--batch-size", "4",
+                            "--max-length", "256")
+    assert code == 0, err
+    assert "learned  with notes: eval loss" in stdout
+    report = json.loads((out / "eval" / "report.json").read_text())
+    assert [f["form"] for f in report["forms"]] == ["prompt-only", "RAG", "fine-tuned", "fine-tuned + RAG"]
+
+
 def test_run_stops_on_invalid_data_before_anything_trains(monkeypatch, capsys, tmp_path, tiny_model_dir):
     bad = _data(tmp_path, [{"prompt": "a"}])
     code, _, err = run(monkeypatch, capsys, "run", str(bad), "--model", str(tiny_model_dir), "--out",

@@ -156,11 +156,13 @@ def _card(result: Any, report: dict[str, Any], paths: dict[str, Path]) -> None:
 
     run = result.run_dir
     console.rule(f"[bold]{run.name}[/]", align="left")
-    target = report.get("target_task") or {}
+    noted = bool(report.get("target_task_rag"))  # trained with notes (--rag): it is used, and judged, with them
+    target = (report.get("target_task_rag") if noted else report.get("target_task")) or {}
     learned = [f"{m['name'].replace('_', ' ')} {_value(m, 'base')} -> {_value(m, 'tuned')}"
                + (f" {fmt_delta(m['delta'], m['ci'], m['relative'])}" if m["name"] != "eval_loss" and m.get("ci")
                   else "") for m in target.get("metrics", []) if m["name"] != "perplexity"]
-    console.print("[bold]learned[/]  " + escape("; ".join(learned) or "no target examples scored"), highlight=False)
+    console.print("[bold]learned[/]  " + ("with notes: " if noted else "")
+                  + escape("; ".join(learned) or "no target examples scored"), highlight=False)
     verdict = report.get("verdict") or "-"
     lost = [f"{r['task']} {r['verdict']}" for r in report.get("suite", []) if r["verdict"] in ("warn", "fail")]
     console.print(f"[bold]kept[/]     full evaluation verdict [bold]{verdict.upper()}[/]"
