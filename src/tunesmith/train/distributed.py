@@ -189,6 +189,11 @@ def sum_over_ranks(d: Dist, device: str, *values: float) -> list[float]:
     return t.tolist()
 
 
-def teardown(d: Dist) -> None:
+def teardown(d: Dist, *, finished: bool = False) -> None:
+    """Leave the process group. After a finished run, first wait for every rank (rank 0 is still exporting
+    when the others are done): a gloo group destroyed while a peer still uses it can abort the process
+    ("terminate called without an active exception"). After a failure, no wait: the peers may be gone."""
     if d.enabled and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()

@@ -96,13 +96,14 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, hoo
         elif d.main:
             run, created = RunFolder.create(config.out, force=force), True
         with contextlib.ExitStack() as closing:
-            return _train(_Session(config, run, device, d, resume, closing), hooks or Hooks(), extras or Extras())
+            result = _train(_Session(config, run, device, d, resume, closing), hooks or Hooks(), extras or Extras())
+        teardown(d, finished=True)
+        return result
     except BaseException:
         if created and run.checkpoint("latest") is None:
             run.discard()  # nothing to resume from: a failed start leaves no folder behind
-        raise
-    finally:
         teardown(d)
+        raise
 
 
 def _refuse_finished(run: RunFolder, config: TrainConfig) -> None:
