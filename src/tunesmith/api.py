@@ -260,13 +260,13 @@ def prompt_ids(tokenizer: Any, text: str, *, system: str | None = None, raw: boo
     """Token ids for one user message through the chat template (as training rendered it), or `raw` text.
     `notes`: a `retrieval.Retriever` whose best notes for `text` go into the system message."""
     from tunesmith.data.tokenize import encode_prompt
-    from tunesmith.retrieval import augment
+    from tunesmith.retrieval import answer_with_notes
 
     if raw:
         return list(tokenizer(text)["input_ids"])
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
     if notes is not None:
-        messages = augment(messages, notes.search(text), tokenizer)[0]
+        messages = answer_with_notes(notes, messages, tokenizer)
     return encode_prompt(tokenizer, messages)
 
 

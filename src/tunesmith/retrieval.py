@@ -157,6 +157,12 @@ def with_notes(
     return out, sources
 
 
+def answer_with_notes(retriever: Retriever, messages: Messages, tokenizer: PreTrainedTokenizerBase) -> Messages:
+    """`messages` with the best notes for their last user message in the system message (a run trained with
+    notes, answering: serve, chat, generate)."""
+    return augment(messages, retriever.search(question_of(messages)), tokenizer)[0]
+
+
 def training_notes(
     train: Sequence[Example], evals: Sequence[Example], tokenizer: PreTrainedTokenizerBase, *,
     docs: str | None = None, seed: int = 0, k: int = K, budget: int = BUDGET,

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from tunesmith.data.tokenize import Message, encode_prompt
 from tunesmith.errors import TunesmithError
-from tunesmith.retrieval import augment
+from tunesmith.retrieval import answer_with_notes
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -39,7 +39,7 @@ class Conversation:
         while True:
             messages = [*self.system, *self.turns, {"role": "user", "content": user}]
             if self.notes is not None:
-                messages = augment(messages, self.notes.search(user), self.tokenizer)[0]
+                messages = answer_with_notes(self.notes, messages, self.tokenizer)
             ids = encode_prompt(self.tokenizer, messages)
             if len(ids) <= self.max_prompt_tokens:
                 return ids, dropped

@@ -182,12 +182,10 @@ class Engine:
     def with_notes(self, model_id: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """`messages` with retrieved notes in the system message when `model_id` is an adapter trained with them
         (`train --rag`): it answers as it was trained (`retrieval.training_notes`)."""
-        from tunesmith.retrieval import augment, question_of
+        from tunesmith.retrieval import answer_with_notes
 
         retriever = self._notes.get(model_id)
-        if retriever is None:
-            return messages
-        return augment(messages, retriever.search(question_of(messages)), self.tokenizer)[0]
+        return messages if retriever is None else answer_with_notes(retriever, messages, self.tokenizer)
 
     def remove_adapter(self, name: str) -> None:
         if name not in self.adapters:
