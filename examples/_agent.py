@@ -96,12 +96,13 @@ NO_CALL_INTENTS = [i for i in INTENTS if not any("{order}" in a for a in i["a"])
 
 
 def make(rng: random.Random, db: sqlite3.Connection, count: int, orders: list[sqlite3.Row],
-         distinct: Distinct | None = None) -> list[Row]:
-    """`count` rows about `orders` (each used once at most), types mixed as in `MIX`, none a near duplicate
-    of another or of a row `distinct` already holds (pass the training rows' to keep a held-out split apart)."""
+         distinct: Distinct | None = None, mix: list[tuple[Maker, int]] | None = None) -> list[Row]:
+    """`count` rows about `orders` (each used once at most), types mixed as in `mix` (default `MIX`), none a
+    near duplicate of another or of a row `distinct` already holds (pass the training rows' to keep a held-out
+    split apart)."""
     pool = list(orders)
     rng.shuffle(pool)
-    makers = [maker for maker, weight in MIX for _ in range(weight)]
+    makers = [maker for maker, weight in (mix or MIX) for _ in range(weight)]
     rows: list[Row] = []
     distinct = distinct if distinct is not None else Distinct()
     tries = 0
@@ -265,9 +266,53 @@ def _fits(answer: str, names: set[str]) -> bool:
     return {ROOT.get(n, n) for n in re.findall(r"{(\w+)}", answer)} <= {ROOT.get(n, n) for n in names}
 
 
-MIX: list[tuple[Callable[[random.Random, sqlite3.Connection, list[sqlite3.Row]], Row], int]] = [
+def two_turn_warranty_row(rng: random.Random, db: sqlite3.Connection, pool: list[sqlite3.Row]) -> Row:
+    """A warranty question without its serial number, answered by asking for it, then the check."""
+    questions, asks, kind = MISSING[2]
+    order = pool.pop()
+    first = _ask(rng, rng.choice(questions))
+    turns, result = _tool_turns(db, 1, "check_warranty", {"serial_number": order["serial_number"]})
+    given = _user(rng.choice(GIVE_NUMBER).format(n=order["serial_number"]))
+    return _chat(_user(first), _say(_ask_number(first, asks, kind)), given, *turns, _say(warranty_answer(result)))
+
+
+FOLLOW_WARRANTY = ["Is the kettle from that order still under warranty?", "And is it still under warranty?",
+                   "Is that kettle still covered?", "What about the warranty on it?",
+                   "Can you check its warranty too?", "Is it still in warranty?"]
+FOLLOW_RETURN = ["I'd like to return it, {cue}.", "Then I want to send it back: {cue}.",
+                 "Can I return it? {Cue}.", "Please start a return for it, {cue}."]
+
+
+def follow_up_row(rng: random.Random, db: sqlite3.Connection, pool: list[sqlite3.Row]) -> Row:
+    """A conversation that builds on its own tool results: an order lookup, then its kettle's warranty (the
+    serial number comes from the lookup), and sometimes a return of the same order."""
+    recent = [o for o in pool[-40:]
+              if o["delivered"] and (date(2025, 6, 2) - date.fromisoformat(o["delivered"])).days < 45]
+    order = recent[-1] if recent and rng.random() < 0.5 else pool[-1]
+    pool.remove(order)
+    first, found = _tool_turns(db, 1, "lookup_order", {"order_id": order["order_id"]})
+    turns = [_user(_ask(rng, rng.choice(STATUS_Q), order=order["order_id"])), *first, _say(status_answer(found))]
+    second, result = _tool_turns(db, 2, "check_warranty", {"serial_number": found["serial_number"]})
+    turns += [_user(rng.choice(FOLLOW_WARRANTY)), *second, _say(warranty_answer(result))]
+    if rng.random() < 0.5:
+        reason = rng.choice(REASONS)
+        cue = rng.choice(CUES[reason])
+        third, done = _tool_turns(db, 3, "start_return", {"order_id": order["order_id"], "reason": reason})
+        ask = rng.choice(FOLLOW_RETURN).format(cue=cue, Cue=cue[:1].upper() + cue[1:])
+        turns += [_user(ask), *third, _say(return_answer(done))]
+    return _chat(*turns)
+
+
+Maker = Callable[[random.Random, sqlite3.Connection, list[sqlite3.Row]], Row]
+MIX: list[tuple[Maker, int]] = [
     (status_row, 4), (return_row, 5), (serial_row, 3), (by_order_row, 4), (two_turn_row, 3), (missing_row, 3),
     (faq_row, 5),
+]
+# Extra training rows on what a model confuses most: a serial number (KS-) goes to check_warranty, an order
+# number (KB-) to lookup_order, and a warranty question about an order needs both, chained. Status rows stay
+# in the mix so the same lookup result is seen ending in an answer as often as in a second call.
+WARRANTY_MIX: list[tuple[Maker, int]] = [
+    (serial_row, 3), (by_order_row, 4), (two_turn_warranty_row, 2), (follow_up_row, 2), (status_row, 2),
 ]
 
 

@@ -8,7 +8,7 @@
 - sql.jsonl          chat messages, 220 rows: text-to-SQL for the schema in sql_schema.sql
 - glossary.csv       prompt/completion as CSV, 24 rows: fine-tuning terms explained
 - plain_english.json Alpaca (instruction/input/output) as a JSON array, 20 rows: rewrite jargon plainly
-- agent_train.jsonl  chat with tool calls, 300 rows: Kettlebird's support desk agent (tools in agent_desk.py)
+- agent_train.jsonl  chat with tool calls, 400 rows: Kettlebird's support desk agent (tools in agent_desk.py)
 - agent_eval.jsonl   the held-out split of the same, 80 rows about orders the training rows never mention
 """
 
@@ -53,8 +53,13 @@ def main(out: Path = HERE) -> None:
     train_orders, eval_orders = _agent.split_orders(db, seed=4)
     header = _agent.tools_header()
     seen = _agent.Distinct()  # held-out rows must not nearly repeat a training row
-    write_jsonl(out / "agent_train.jsonl", [header, *_agent.make(random.Random(5), db, 300, train_orders, seen)])
-    write_jsonl(out / "agent_eval.jsonl", [header, *_agent.make(random.Random(6), db, 80, eval_orders, seen)])
+    train = _agent.make(random.Random(5), db, 300, train_orders, seen)
+    held_out = _agent.make(random.Random(6), db, 80, eval_orders, seen)
+    # 100 more training rows on warranty and chained calls, drawn after the held-out split so that split
+    # stays as it was; `seen` now holds it too, so none of them nearly repeats a held-out row.
+    train += _agent.make(random.Random(7), db, 100, train_orders, seen, mix=_agent.WARRANTY_MIX)
+    write_jsonl(out / "agent_train.jsonl", [header, *train])
+    write_jsonl(out / "agent_eval.jsonl", [header, *held_out])
 
 
 if __name__ == "__main__":
