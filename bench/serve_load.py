@@ -92,6 +92,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="single-stream runs per engine")
     p.add_argument("--engine", default="auto", help="tunesmith serve --engine")
     p.add_argument("--int8", action="store_true", help="tunesmith serve --int8")
+    p.add_argument("--compile", action="store_true", help="tunesmith serve --compile")
     p.add_argument("--adapters", type=int, default=2, help="random LoRA adapters mixed into the client batch")
     p.add_argument("--max-batch", type=int, default=32)
     p.add_argument("--gguf", type=Path, help="llama.cpp model file (default: the built-in's shipped Q4_1)")
@@ -253,6 +254,7 @@ def tunesmith_server(args: argparse.Namespace, adapters: dict[str, Path]) -> Ite
         port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "tunesmith", "serve", "--model", args.model, "--port", str(port),
            "--threads", str(args.threads), "--engine", args.engine, *(["--int8"] if args.int8 else []),
+           *(["--compile"] if args.compile else []),
            "--max-batch", str(args.max_batch), "--max-tokens-limit", str(max(args.max_tokens, 64)),
            "--max-queue", str(max(256, args.clients))]
     for name, path in adapters.items():

@@ -286,7 +286,7 @@ def stream_reply(model: Any, tokenizer: Any, ids: list[int], params: Any) -> Ite
 
 
 def build_engine(model: str | None, adapters: list[tuple[str, str]], *, device: str = "auto", limits: Any = None,
-                 engine: str = "auto", int8: bool = False) -> Any:
+                 engine: str = "auto", int8: bool = False, compile: bool = False) -> Any:
     """The serving engine: one base model (or a LoRA run's base, its adapter served under the run's name) and
     any number of named adapters on top. Without a model, the base the first adapter was trained on (the
     built-in model when there is no adapter either)."""
@@ -299,7 +299,8 @@ def build_engine(model: str | None, adapters: list[tuple[str, str]], *, device: 
         model = DEFAULT_MODEL if first is None else first.name if first.kind in ("builtin", "hub") else first.path
     target = resolve_target(model)
     base_id = target.model.name if target.adapter is not None else target.label
-    served = Engine(target.model, base_id=base_id, device=device, limits=limits, engine=engine, int8=int8)
+    served = Engine(target.model, base_id=base_id, device=device, limits=limits, engine=engine, int8=int8,
+                    compile=compile)
     if target.adapter is not None:  # --model RUN_DIR of a LoRA run: serve its adapter under the run's name
         served.add_adapter(target.label, Path(model))
     for name, path in adapters:

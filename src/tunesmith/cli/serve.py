@@ -133,6 +133,9 @@ def serve(
     int8: bool = typer.Option(False, "--int8", help="Decode with int8 base weights: about 3x faster on a CPU; "
                               "greedy replies part from float32's after some tokens (fast engine only; "
                               "docs/serve.md)."),
+    compile_step: bool = typer.Option(False, "--compile", help="Compile the decode step of a lone request on "
+                                      "the base model with torch.compile (fast engine; needs a C++ compiler; "
+                                      "tens of seconds at start-up, then faster single-stream replies)."),
 ) -> None:
     """Serve the model and its adapters over an OpenAI-compatible HTTP API."""
     import torch
@@ -148,7 +151,8 @@ def serve(
         raise ConfigError(f"--engine '{engine}': choose auto, fast or transformers")
     limits_args = {"max_tokens": max_tokens_limit, "max_prompt_tokens": max_prompt_tokens,
                    "max_batch": max_batch, "max_queue": max_queue}
-    served_engine = _engine(model, [_adapter_arg(a) for a in adapter], device, limits_args, (engine, int8))
+    served_engine = _engine(model, [_adapter_arg(a) for a in adapter], device, limits_args,
+                            (engine, int8, compile_step))
     if not config.loopback and not config.api_key:
         console_err.print(f"[bold yellow]warning:[/] listening on {escape(host)} without --api-key: anyone who "
                           "can reach this port can use the model", soft_wrap=True)
@@ -159,11 +163,12 @@ def serve(
 
 
 def _engine(model: str | None, adapters: list[tuple[str, str]], device: str, limits_args: dict[str, int],
-            speed: tuple[str, bool] = ("auto", False)) -> Engine:
+            speed: tuple[str, bool, bool] = ("auto", False, False)) -> Engine:
     from tunesmith.api import Limits, build_engine
 
     quiet_libraries()
-    return build_engine(model, adapters, device=device, limits=Limits(**limits_args), engine=speed[0], int8=speed[1])
+    return build_engine(model, adapters, device=device, limits=Limits(**limits_args), engine=speed[0], int8=speed[1],
+                        compile=speed[2])
 
 
 def _adapter_arg(value: str) -> tuple[str, str]:

@@ -4,6 +4,9 @@ Row b of the batch lives in KV-cache slot b. New requests are prefilled together
 into one forward pass) and appended; each step then decodes one token for every live row, whatever model
 (base or adapter) each row asked for. A finished row's slot is refilled by moving the last row into it, so
 the live rows always occupy slots 0..n-1 and a step touches only those.
+
+With a compiled step (`serve --compile`), a lone row on the base model decodes through it instead: its cache
+moves into the compiled step's own cache when it becomes the only row, and back into slot 0 when others join.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from tunesmith.serve.lora_rows import Adapter, RowAdapters
 if TYPE_CHECKING:
     import torch
 
+    from tunesmith.serve.compiled import CompiledStep
     from tunesmith.serve.fast import FastLlama
 
 
@@ -34,10 +38,12 @@ class Live:
 class LiveBatch:
     """The rows currently decoding. Only the engine's worker thread calls it."""
 
-    def __init__(self, fast: FastLlama, eos_ids: set[int], pad_id: int):
+    def __init__(self, fast: FastLlama, eos_ids: set[int], pad_id: int, compiled: CompiledStep | None = None):
         self.fast, self.eos_ids, self.pad_id = fast, eos_ids, pad_id
+        self.compiled = compiled
         self.live: list[Live] = []
         self._adapters: RowAdapters | None = None  # rebuilt when the set of rows changes
+        self._solo: Live | None = None  # the row whose cache is in the compiled step's, not in slot 0
 
     def __len__(self) -> int:
         return len(self.live)
@@ -77,6 +83,8 @@ class LiveBatch:
     def _step(self) -> None:
         import torch
 
+        if self._solo_step():
+            return
         ids = torch.tensor([[n.row.text.tokens[-1] if n.row.text.tokens else self.pad_id] for n in self.live])
         start = torch.tensor([n.length for n in self.live])
         if self._adapters is None:
@@ -86,6 +94,23 @@ class LiveBatch:
             n.length += 1
         self._advance(logits, range(len(self.live)))
 
+    def _solo_step(self) -> bool:
+        """Decode the lone base-model row with the compiled step, if there is one; False when not taken."""
+        row = self.live[0] if len(self.live) == 1 and self.live[0].adapter is None else None
+        if self._solo is not None and self._solo is not row:  # others joined: its cache goes back to its slot
+            if self._solo in self.live:
+                self.compiled.store(self.live.index(self._solo), self._solo.length)  # type: ignore[union-attr]
+            self._solo = None
+        if row is None or self.compiled is None or not self.compiled.fits(row.length):
+            return False
+        if self._solo is None:
+            self.compiled.load(row.length)
+            self._solo = row
+        logits = self.compiled.step(row.row.text.tokens[-1] if row.row.text.tokens else self.pad_id, row.length)
+        row.length += 1
+        self._advance(logits, range(1))
+        return True
+
     def fail(self, error: object) -> None:
         """Send `error` to every live row and empty the batch (after an exception inside a forward pass)."""
         for n in self.live:
@@ -93,6 +118,7 @@ class LiveBatch:
                 n.emit(error)  # type: ignore[arg-type]
         self.live.clear()
         self._adapters = None
+        self._solo = None
 
     def _forward(self, ids: torch.Tensor, start: torch.Tensor, lengths: torch.Tensor,
                  rows: list[Live] | None, first_slot: int) -> torch.Tensor:
@@ -130,3 +156,4 @@ class LiveBatch:
             self._adapters = None
         if not self.live:
             self.fast.release()
+            self._solo = None

@@ -7,7 +7,8 @@ Two ways to decode, chosen at start-up (`engine`):
 - "fast" (Llama-shaped models on a CPU, the default there): the lean decoder of `serve.fast` with continuous
   batching (`serve.batcher`): queued requests join the running batch between steps, up to `max_batch` rows,
   whatever model each asks for; every row applies its own adapter (`serve.lora_rows`). Its logits are checked
-  against transformers' once at start-up.
+  against transformers' once at start-up. With `compile=True`, a lone row on the base model decodes through
+  `serve.compiled` (torch.compile of the decode step), checked against the eager step at start-up too.
 - "transformers": the model's own forward. The worker takes the oldest request plus the queued ones for the
   same model (within a padded-token budget) and decodes them together; adapters are PEFT adapters in one
   `PeftModel`, and the base model is served with them switched off.
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
     from tunesmith.retrieval import Retriever
     from tunesmith.serve.batcher import LiveBatch
+    from tunesmith.serve.compiled import CompiledStep
     from tunesmith.serve.fast import FastLlama
     from tunesmith.serve.lora_rows import Adapter
 
@@ -95,7 +97,8 @@ class Engine:
     """The served models and the queue in front of them. Thread-safe; `close()` stops the worker."""
 
     def __init__(self, base: ModelRef, *, base_id: str | None = None, device: str = "auto",
-                 limits: Limits | None = None, engine: EngineKind = "auto", int8: bool = False):
+                 limits: Limits | None = None, engine: EngineKind = "auto", int8: bool = False,
+                 compile: bool = False):
         self.base = base
         self.base_id = base_id or base.name
         self.limits = limits or Limits()
@@ -110,8 +113,11 @@ class Engine:
         self._notes: dict[str, Retriever] = {}  # adapters trained with notes (train --rag) -> their notes
         self.fast: FastLlama | None = None
         self.fast_check: dict[str, float] = {}  # the start-up comparison with transformers' logits
+        self.compiled: CompiledStep | None = None
         self._fast_adapters: dict[str, Adapter] = {}
         self._pick_engine(engine, int8)
+        if compile:
+            self._compile()
         self._queue: list[Job] = []
         self._running = 0
         self._batches = 0  # batches run so far, and the largest: shows whether requests get batched
@@ -127,7 +133,7 @@ class Engine:
     def engine_name(self) -> str:
         if self.fast is None:
             return "transformers"
-        return "fast-int8" if self.fast.int8 else "fast"
+        return ("fast-int8" if self.fast.int8 else "fast") + ("+compile" if self.compiled is not None else "")
 
     def _pick_engine(self, engine: EngineKind, int8: bool) -> None:
         """The fast decoder when asked or when it fits (Llama-shaped, CPU), checked against transformers."""
@@ -148,6 +154,27 @@ class Engine:
         if not int8 and self.fast_check["max_abs_diff"] > fast_mod.EXACT_TOLERANCE:
             log.warning("fast engine disagrees with transformers (%s); serving with transformers", self.fast_check)
             self.fast = None
+
+    def _compile(self) -> None:
+        """Compile the single-row decode step (serve --compile) and check it against the eager step."""
+        from tunesmith.serve import fast as fast_mod
+        from tunesmith.serve.compiled import CompiledStep
+
+        if self.fast is None:
+            raise ConfigError("--compile needs the fast engine (a Llama-shaped model on a CPU)")
+        capacity = min(self.context, self.limits.max_prompt_tokens + self.limits.max_tokens)
+        compiled = CompiledStep(self.fast, capacity)
+        try:
+            seconds = compiled.warm_up()
+        except Exception as e:  # inductor needs a working C++ compiler; say so instead of a traceback
+            raise ConfigError(f"--compile: torch.compile failed ({type(e).__name__}: {str(e)[:300]}); serve "
+                              "without --compile") from e
+        check = compiled.check(self.chat_prompt([{"role": "user", "content": "Say hello."}]))
+        log.info("compiled decode step: %.1f s to compile; against the eager step: %s", seconds, check)
+        if not self.fast.int8 and check["max_abs_diff"] > fast_mod.EXACT_TOLERANCE:
+            log.warning("compiled decode step disagrees with the eager one (%s); serving without it", check)
+            return
+        self.compiled = compiled
 
     # -- models ---------------------------------------------------------------------------------------
 
@@ -375,7 +402,7 @@ class Engine:
         from tunesmith.serve.batcher import LiveBatch
 
         assert self.fast is not None
-        batch = LiveBatch(self.fast, self.eos_ids, self.pad_id)
+        batch = LiveBatch(self.fast, self.eos_ids, self.pad_id, self.compiled)
         while (jobs := self._admissions(batch)) is not None:
             with self._model_lock:
                 try:
