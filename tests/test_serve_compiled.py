@@ -113,3 +113,10 @@ def test_a_lone_row_with_an_adapter_and_a_short_prompt_decode_eagerly(engine: En
     assert compiled is not None
     assert not compiled.fits(CompiledStep.MIN_SPAN - 2) and compiled.fits(CompiledStep.MIN_SPAN)
     assert not compiled.fits(compiled.capacity)
+
+
+def test_compile_without_the_fast_engine_is_refused_clearly(tiny_model_dir: Path) -> None:
+    from tunesmith.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--compile needs the fast engine \(a Llama-shaped model on a CPU\)"):
+        Engine(resolve(str(tiny_model_dir)), device="cpu", engine="transformers", compile=True)
