@@ -260,3 +260,16 @@ def _generate(engine: Engine, model_id: str, text: str) -> tuple[str, Step | Api
     c = Collector()
     engine.submit(model_id, ids(engine, text), SamplingParams(max_tokens=6), c)
     return c.wait()
+
+
+def test_set_up_work_runs_in_a_thread_of_its_own_and_its_errors_reach_the_caller() -> None:
+    """The model loads off the caller's thread (so the worker keeps the only OpenMP pool: see in_own_thread)."""
+    from tunesmith.serve.engine import in_own_thread
+
+    assert in_own_thread(threading.get_ident) != threading.get_ident()
+
+    def fail() -> None:
+        raise ModelError("no such model")
+
+    with pytest.raises(ModelError, match="no such model"):
+        in_own_thread(fail)
