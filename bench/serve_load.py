@@ -1,8 +1,8 @@
 """Serving speed of `tunesmith serve` against llama.cpp on the same model, prompts, threads and token budget.
 
 What runs:
-- tunesmith: the real server (`python -m tunesmith serve`, a separate process, --engine and --int8 as
-  given), called over HTTP with the official `openai` client;
+- tunesmith: the real server (`python -m tunesmith serve`, a separate process, --engine, --int8 and
+  --compile as given), called over HTTP with the official `openai` client;
 - llama.cpp: llama-cpp-python in this process on a GGUF file of the same model (skipped when `llama_cpp` is
   not installed), called directly: no HTTP, llama.cpp's best case.
 
@@ -26,6 +26,7 @@ Prints both sides' figures, the ratios tunesmith / llama.cpp, and one RESULT lin
 
     python bench/serve_load.py --threads 1 --repeats 3               # smoke run on a busy machine
     python bench/serve_load.py --threads 2 --int8 --gguf-quant q8_0
+    python bench/serve_load.py --threads 2 --int8 --compile           # the fastest single stream
 """
 
 from __future__ import annotations
