@@ -57,7 +57,7 @@ def in_own_thread(fn: Callable[[], T]) -> T:
     Why: torch's CPU threads come from OpenMP, which keeps a pool of threads for every thread that ever ran
     parallel work, and libgomp stops spin-waiting between parallel regions when its pools together hold more
     threads than there are cores. Loading the model in the caller's thread left that thread's pool beside the
-    worker's, and every decode step then ran about 1.8x slower (45 against 80 tokens/s for the built-in
+    worker's, and an int8 decode step then ran about 1.8x slower (41 against 73 tokens/s for the built-in
     model on 2 cores). A pool ends with its thread, so the engine's worker keeps the only one.
     """
     box: dict[str, Any] = {}
