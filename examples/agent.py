@@ -1,6 +1,6 @@
 """An agent on a fine-tuned model: Kettlebird's support desk, answering with its own tools.
 
-    tunesmith train examples/agent_train.jsonl --out runs/agent --lr 1e-3 --epochs 3 --max-length 640
+    tunesmith train examples/agent_train.jsonl --out runs/agent --lr 1e-3 --epochs 3 --max-length 768
     tunesmith serve --adapter desk=runs/agent &
     python examples/agent.py --model desk "Is the kettle from order KB-209712 still under warranty?"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from tunesmith.data.tokenize import encode, encode_prompt
@@ -39,10 +41,15 @@ def test_agent_example_renders_with_the_fallback_on_the_builtin_model():
 
     tokenizer = load_tokenizer("smollm2-135m")
     assert native_syntax(tokenizer) is None
-    examples = Path(__file__).resolve().parent.parent / "examples"
+    root = Path(__file__).resolve().parent.parent
+    examples = root / "examples"
+    recipe = re.search(r"tunesmith train examples/agent_train\.jsonl .*--max-length (\d+)",
+                       (root / "docs" / "agents.md").read_text())
+    assert recipe, "docs/agents.md no longer shows the training recipe"
+    max_length = int(recipe.group(1))
     for name in ("agent_train.jsonl", "agent_eval.jsonl"):
         for ex in load_dataset(examples / name).examples:
-            enc = encode(tokenizer, ex.messages, 640, tools=ex.tools)
+            enc = encode(tokenizer, ex.messages, max_length, tools=ex.tools)
             assert enc.roundtrip_ok and not enc.truncated, ex.source
             text = tokenizer.decode(enc.input_ids)
             assert "<tools>" in text and "SmolLM" not in text
