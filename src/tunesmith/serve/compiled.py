@@ -14,9 +14,9 @@ trace, so it enters the graph as an opaque custom op, `tunesmith::int8_linear`, 
 up by number. float32 matrix products stay in the graph as `linear`.
 
 The compile happens once, at start-up (`warm_up`, tens of seconds on a small CPU; inductor caches it on disk
-for the next start). Shapes that change from step to step (the cached length, the cache's capacity) are
-symbolic, so a longer reply does not recompile. Positions arrive as a tensor, so position 1 is not a special
-case either.
+for the next start). The one shape that changes from step to step, the cached length, is symbolic (marked
+dynamic), and the step keeps a KV cache of fixed capacity, so a longer reply never recompiles (tested).
+Lengths under `MIN_SPAN` decode eagerly, as dynamo specializes sizes 0 and 1.
 """
 
 from __future__ import annotations

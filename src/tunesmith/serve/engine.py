@@ -68,7 +68,7 @@ def in_own_thread(fn: Callable[[], T]) -> T:
         except BaseException as e:  # re-raised in the caller's thread
             box["error"] = e
 
-    thread = threading.Thread(target=target, name="tunesmith-setup")
+    thread = threading.Thread(target=target, name="tunesmith-setup", daemon=True)  # Ctrl-C need not wait
     thread.start()
     thread.join()
     if "error" in box:
