@@ -151,8 +151,8 @@ def serve(
         raise ConfigError(f"--engine '{engine}': choose auto, fast or transformers")
     limits_args = {"max_tokens": max_tokens_limit, "max_prompt_tokens": max_prompt_tokens,
                    "max_batch": max_batch, "max_queue": max_queue}
-    served_engine = _engine(model, [_adapter_arg(a) for a in adapter], device, limits_args,
-                            (engine, int8, compile_step))
+    served_engine = _engine(model, [_adapter_arg(a) for a in adapter], device, limits_args, engine=engine,
+                            int8=int8, compile=compile_step)
     if not config.loopback and not config.api_key:
         console_err.print(f"[bold yellow]warning:[/] listening on {escape(host)} without --api-key: anyone who "
                           "can reach this port can use the model", soft_wrap=True)
@@ -163,12 +163,12 @@ def serve(
 
 
 def _engine(model: str | None, adapters: list[tuple[str, str]], device: str, limits_args: dict[str, int],
-            speed: tuple[str, bool, bool] = ("auto", False, False)) -> Engine:
+            *, engine: str = "auto", int8: bool = False, compile: bool = False) -> Engine:
     from tunesmith.api import Limits, build_engine
 
     quiet_libraries()
-    return build_engine(model, adapters, device=device, limits=Limits(**limits_args), engine=speed[0], int8=speed[1],
-                        compile=speed[2])
+    return build_engine(model, adapters, device=device, limits=Limits(**limits_args), engine=engine, int8=int8,
+                        compile=compile)
 
 
 def _adapter_arg(value: str) -> tuple[str, str]:
