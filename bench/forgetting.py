@@ -12,9 +12,10 @@ For each task x recipe x seed (a *cell*), with the real CLI, as a user would run
    exported weights', after any interpolation toward the base), and how often they agree with the full eval.
 Each finished cell appends one JSON line to --results; the table of every row in that file and the guard's
 agreement with the full verdict end the run.
-A recipe is a name and extra `tunesmith train` flags: `default` adds none (today's defaults),
-`destructive` is a planted full fine-tune at lr 1e-3 that must FAIL; `remedies` adds `--replay auto
---interpolate auto`; `--recipe NAME='FLAGS'` adds one.
+A recipe is a name and extra `tunesmith train` flags: `default` adds none (today's defaults: replay and
+interpolation `auto` since issue 12), `plain` turns both off (the defaults before it, whose cells are in
+results/baseline.jsonl), `destructive` is a planted full fine-tune at lr 1e-3 that must FAIL;
+`--recipe NAME='FLAGS'` adds one.
 A cell's checkpoints are deleted once it is recorded (the exported adapter or model, logs and report stay).
 
 Run:  python bench/forgetting.py [--tasks all] [--recipes default] [--recipe NAME='--flag v'] [--seeds 0]
@@ -48,8 +49,8 @@ import _results  # noqa: E402
 RECIPES: dict[str, tuple[str, ...]] = {
     "default": (),
     "destructive": ("--method", "full", "--lr", "1e-3", "--max-steps", "20"),
-    # issue 12's remedies beside guard-aware export (always on): replay by data size, interpolation toward the base
-    "remedies": ("--replay", "auto", "--interpolate", "auto"),
+    # the defaults before issue 12: no replay, no interpolation toward the base (guard-aware export stays)
+    "plain": ("--replay", "0", "--interpolate", "off"),
 }
 
 

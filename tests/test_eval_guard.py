@@ -46,8 +46,8 @@ def test_unchanged_model_passes_and_train_mode_is_restored(model, tiny_tokenizer
     assert set(first) == {"guard/capitals", "guard/elements", "guard/arithmetic", "guard/capitals_free",
                           "guard/prose_ppl", "guard/collapse"}
     assert first["guard/prose_ppl"] > 1
-    metrics, verdict = guard.check(model)
-    assert metrics == pytest.approx(first) and verdict == "pass" and model.training
+    metrics, verdict, flags = guard.check(model)
+    assert metrics == pytest.approx(first) and verdict == "pass" and flags == {} and model.training
 
 
 def test_damaged_model_fails(model, tiny_tokenizer):
@@ -56,9 +56,9 @@ def test_damaged_model_fails(model, tiny_tokenizer):
     damaged = copy.deepcopy(model)
     with torch.no_grad():
         damaged.model.embed_tokens.weight.mul_(8)  # tied with the LM head: sharp, wrong predictions
-    metrics, verdict = guard.check(damaged)
+    metrics, verdict, flags = guard.check(damaged)
     assert metrics["guard/prose_ppl"] > 1.25 * before["guard/prose_ppl"]
-    assert verdict == "fail"
+    assert verdict == "fail" and flags["prose"] == "fail"
 
 
 def test_check_before_baseline_is_a_programming_error(model, tiny_tokenizer):

@@ -18,7 +18,8 @@ from tunesmith.train.run import Extras, train
 
 
 class ScriptedGuard:
-    """A guard whose verdicts are given in advance (the real one's verdicts depend on what a model learns)."""
+    """A guard whose verdicts are given in advance (the real one's verdicts depend on what a model learns):
+    "pass", "fail" (on capitals), "warn" (a teacher-forced task) or "warn-free" (the plain-question check)."""
 
     def __init__(self, verdicts: list[str]):
         self.verdicts = iter(verdicts)
@@ -27,9 +28,11 @@ class ScriptedGuard:
     def baseline(self, model) -> dict[str, float]:
         return {"guard/capitals": 0.75}
 
-    def check(self, model) -> tuple[dict[str, float], str]:
+    def check(self, model) -> tuple[dict[str, float], str, dict[str, str]]:
         self.calls += 1
-        return {"guard/capitals": 0.75 - 0.1 * self.calls}, next(self.verdicts)
+        verdict, _, on = next(self.verdicts).partition("-")
+        task = {"": "capitals", "free": "capitals_free"}[on]
+        return {"guard/capitals": 0.75 - 0.1 * self.calls}, verdict, {task: verdict} if verdict != "pass" else {}
 
 
 def _run(qa_file, model_dir, out, verdicts, **kw):
@@ -78,14 +81,14 @@ def test_when_the_guard_fails_everywhere_the_best_is_exported_with_a_warning_and
 
 
 def test_auto_interpolation_scales_b_and_records_its_trials(tiny_model_dir, qa_file, tmp_path):
-    # steps 2, 4, 6 warn (6 is exported), then the scales: 0.8 warns, 0.6 passes
-    result, _ = _run(qa_file, tiny_model_dir, tmp_path / "run", ["warn", "warn", "warn", "warn", "pass"],
-                     interpolate="auto")
+    # steps 2, 4, 6 warn on plain answers (6 is exported), then the scales: 0.8 still warns, 0.6 passes
+    result, _ = _run(qa_file, tiny_model_dir, tmp_path / "run", ["warn-free"] * 4 + ["pass"], interpolate="auto")
     record = result.manifest["result"]["interpolation"]
     scale = record["scale"]
     n = len(record["trials"])
     assert record["how"] == "auto" and [t["scale"] for t in record["trials"]] == [1.0, 0.8, 0.6][:n]
     assert [t["verdict"] for t in record["trials"]] == ["warn", "warn", "pass"][:n]
+    assert [t["flags"] for t in record["trials"]] == [{"capitals_free": "warn"}] * 2 + [{}][:n]
     assert scale == (0.6 if n == 3 else 1.0)  # 0.8 (and 0.6) kept 70 % of the eval-loss gain, or the gain is gone
     assert result.guard.get("scale", 1.0) == scale and result.manifest["result"]["guard_verdict"] in ("pass", "warn")
     step = result.exported_step
@@ -94,6 +97,17 @@ def test_auto_interpolation_scales_b_and_records_its_trials(tiny_model_dir, qa_f
     for key, tensor in _by_suffix(exported, saved).items():
         expected = saved[key] * scale if "lora_B" in key else saved[key]
         assert torch.allclose(tensor, expected), key
+
+
+def test_a_teacher_forced_warn_alone_does_not_move_the_weights(tiny_model_dir, qa_file, tmp_path):
+    guard_calls = ["warn", "warn", "warn"]  # steps 2, 4, 6: a teacher-forced task warns, plain answers hold
+    result, guard = _run(qa_file, tiny_model_dir, tmp_path / "run", guard_calls, interpolate="auto")
+    record = result.manifest["result"]["interpolation"]
+    assert record["scale"] == 1.0 and record["trials"] == [] and guard.calls == 3  # no extra scoring
+    assert record["note"].startswith("not needed: the guard warns at the exported step on capitals alone")
+    saved = load_file(str(result.run_dir / "checkpoints" / "step-000006" / "weights.safetensors"))
+    exported = load_file(str(result.output / "adapter_model.safetensors"))
+    assert all(torch.equal(t, saved[k]) for k, t in _by_suffix(exported, saved).items())
 
 
 def test_scaling_b_is_exactly_the_interpolated_merged_model(tiny_model_dir, tiny_tokenizer):
@@ -132,7 +146,14 @@ def test_full_fine_tune_interpolation_is_a_lerp_of_the_weights(tiny_model_dir):
 
 
 def _trial_scores(table: dict[float, tuple[float, str]], interp):
-    return lambda: (*table[interp.scale], {})
+    """A trial's figures from the table; a "warn" is on the plain-question check, "warn-tf" on a teacher-forced
+    task."""
+    def score():
+        loss, said = table[interp.scale]
+        verdict, _, on = said.partition("-")
+        task = "elements" if on == "tf" else "capitals_free"
+        return loss, verdict, {}, ({} if verdict == "pass" else {task: verdict})
+    return score
 
 
 class _Fake:
@@ -151,8 +172,11 @@ class _Fake:
     ({0.8: (1.2, "pass")}, 0.8, [1.0, 0.8]),
     ({0.8: (1.3, "warn"), 0.6: (1.9, "pass")}, 0.8, [1.0, 0.8, 0.6]),  # 0.6 gives back too much: best kept is 0.8
     ({0.8: (2.5, "pass")}, 1.0, [1.0, 0.8]),  # no scale keeps the gain: the fine-tune
+    ({0.8: (1.2, "warn-tf"), 0.6: (1.5, "pass")}, 0.8, [1.0, 0.8]),  # a teacher-forced warn alone is no concern
+    # 0.4 keeps too little of the gain: of the rest, the least concern
+    ({0.8: (1.2, "fail"), 0.6: (1.4, "warn"), 0.4: (2.0, "pass")}, 0.6, [1.0, 0.8, 0.6, 0.4]),
 ])
-def test_choose_scale_takes_the_largest_passing_scale_that_keeps_the_gain(table, chosen, tried):
+def test_choose_scale_takes_the_largest_scale_without_concern_that_keeps_the_gain(table, chosen, tried):
     fake = _Fake()
     first = wise.Trial(1.0, 1.0, "fail", {})
     pick, trials = wise.choose_scale(fake, _trial_scores(table, fake), base_loss=3.0, first=first)

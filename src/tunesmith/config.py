@@ -100,13 +100,14 @@ class TrainConfig:
     guard: bool = setting(True, "Score a general-skills slice at each evaluation (forgetting guard)", panel="Run")
     guard_stop: bool = setting(False, "Stop, keeping the best checkpoint, when the guard says fail", panel="Run")
     replay: Literal["auto"] | float = setting(
-        0.0, "Share of general replay examples (shipped chat examples) mixed into the training data against "
-        "forgetting; auto chooses it from the data size (0.3 under 1000 examples, 0.15 under 5000, else 0.05)",
-        panel="Run")
+        "auto", "Share of general replay examples (shipped chat examples) mixed into the training data against "
+        "forgetting; auto chooses it from the data size (0.3 under 1000 examples, 0.15 under 5000, else 0.05); "
+        "0 mixes none", panel="Run")
     interpolate: Literal["auto", "off"] | float = setting(
-        "off", "Scale the fine-tune's change toward the base (WiSE-FT) before exporting: auto, when the guard "
-        "flags the exported step, takes the largest of 0.8, 0.6, 0.4 the guard passes that keeps 70 % of the "
-        "eval-loss gain; a number in (0, 1] fixes the scale; off exports the fine-tune as trained", panel="Run")
+        "auto", "Scale the fine-tune's change toward the base (WiSE-FT) before exporting: auto acts when the guard "
+        "fails the exported step or its plain answers or output shape drift, and takes the largest of 0.8, 0.6, "
+        "0.4 that clears that and keeps 70 % of the eval-loss gain; a number in (0, 1] fixes the scale; off "
+        "exports the fine-tune as trained", panel="Run")
     rag: bool = setting(
         False, "Retrieval-augmented fine-tuning (RAFT): train each chat row with notes retrieved (BM25) from the "
         "training split in its prompt, as `eval --rag` and an app put them; the row's own note is kept in 80 % "

@@ -36,8 +36,9 @@ class TrainingGuard:
     """A cheap slice of the suite, scored before and during training to catch forgetting early.
 
     `baseline(model)` scores the model as training starts (a fresh LoRA adapter changes nothing);
-    `check(model)` scores it again and compares on the same items. Metrics are named `guard/<task>`
-    (accuracy), `guard/prose_ppl` and, with a `shape`, `guard/collapse`.
+    `check(model)` scores it again and compares on the same items: the metrics, named `guard/<task>`
+    (accuracy), `guard/prose_ppl` and, with a `shape`, `guard/collapse`; the overall verdict; and the
+    verdict of each task that does not pass (`flags`, e.g. {"elements": "warn"}).
     """
 
     def __init__(
@@ -54,11 +55,12 @@ class TrainingGuard:
         self._baseline = self._score(model)
         return self.metrics(self._baseline)
 
-    def check(self, model: PreTrainedModel) -> tuple[dict[str, float], Verdict]:
+    def check(self, model: PreTrainedModel) -> tuple[dict[str, float], Verdict, dict[str, Verdict]]:
         if self._baseline is None:
             raise RuntimeError("TrainingGuard.check() called before baseline()")
         scores = self._score(model)
-        return self.metrics(scores), overall(compare(self._baseline, scores, self.thresholds, self.seed))
+        rows = compare(self._baseline, scores, self.thresholds, self.seed)
+        return self.metrics(scores), overall(rows), {r.task: r.verdict for r in rows if r.verdict != "pass"}
 
     @staticmethod
     def metrics(scores: Mapping[str, TaskScores]) -> dict[str, float]:

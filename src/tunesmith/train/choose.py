@@ -67,36 +67,41 @@ class Scaling:
 
     def record(self) -> dict[str, Any]:
         return {"scale": self.chosen.scale if self.chosen else 1.0, "how": self.how, "note": self.note,
-                "rule": f"largest of {', '.join(map(str, wise.SCALES))} the guard passes, keeping >= "
-                        f"{wise.MIN_KEPT:.0%} of the eval-loss gain" if self.how == "auto" else None,
+                "rule": f"largest of {', '.join(map(str, wise.SCALES))} the guard does not fail and whose "
+                        f"free-generation checks pass, keeping >= {wise.MIN_KEPT:.0%} of the eval-loss gain"
+                        if self.how == "auto" else None,
                 "trials": [t.to_dict() for t in self.trials]}
 
 
 def scale_toward_base(
     model: nn.Module, setting: str | float, at_step: dict[str, Any], base_loss: float | None,
-    score: Callable[[], tuple[float, str, dict[str, float]]] | None,
+    score: Callable[[], wise.Scored] | None,
     base_weights: Callable[[], dict[str, torch.Tensor]] | None,
 ) -> Scaling:
     """Interpolate the exported weights toward the base per `setting` ("auto", "off" or a scale).
 
-    `at_step`: the metrics record of the exported step (its eval loss and guard verdict); `score` scores the
-    model as it is set (eval loss, guard verdict, guard metrics), None without guard or eval data;
+    `at_step`: the metrics record of the exported step (its eval loss, guard verdict and flags); `score`
+    scores the model as it is set (`wise.Scored`), None without guard or eval data;
     `base_weights` reads W0 for full fine-tuning (None for LoRA)."""
     if setting == "off" or setting == 1.0:
         return Scaling()
     if "lora_B" not in "".join(n for n, _ in model.named_parameters()) and base_weights is None:
         return Scaling(note="not interpolated: no LoRA B matrices and no base weights")
+    flags = at_step.get("guard_flags") or {}
     if setting == "auto":
         if score is None or base_loss is None or "guard_verdict" not in at_step or "eval_loss" not in at_step:
             return Scaling(how="auto", note="not interpolated: needs the guard and eval data")
-        if at_step["guard_verdict"] == "pass":
-            return Scaling(how="auto", note="not needed: the guard passes the exported step")
+        if wise.concern(at_step["guard_verdict"], flags) == 0:
+            return Scaling(how="auto", note="not needed: the guard " + (
+                "passes the exported step" if at_step["guard_verdict"] == "pass" else
+                f"warns at the exported step on {', '.join(sorted(flags)) or 'a task'} alone, teacher-forced "
+                "(its plain answers hold)"))
     interp = wise.Interpolation(model, base_weights() if base_weights is not None else None)
     if setting != "auto":
         interp.set(float(setting))
         trials = [wise.Trial(float(setting), *score())] if score is not None else []
         return Scaling(trials[0] if trials else wise.Trial(float(setting), float("nan"), "-", {}), trials, "fixed")
     first = wise.Trial(1.0, at_step["eval_loss"], at_step["guard_verdict"],
-                       {k: v for k, v in at_step.items() if k.startswith("guard/")})
+                       {k: v for k, v in at_step.items() if k.startswith("guard/")}, flags)
     chosen, trials = wise.choose_scale(interp, score, base_loss=base_loss, first=first)
     return Scaling(chosen, trials, "auto")

@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 
 
 class Guard(Protocol):
-    """Scores general skills during training (see tunesmith.evaluate.guard.TrainingGuard)."""
+    """Scores general skills during training (see tunesmith.evaluate.guard.TrainingGuard): metrics, the overall
+    verdict, and the verdict of each task that does not pass."""
 
-    def check(self, model: nn.Module) -> tuple[dict[str, float], str]: ...
+    def check(self, model: nn.Module) -> tuple[dict[str, float], str, dict[str, str]]: ...
 
 
 @dataclass
@@ -208,9 +209,9 @@ def _evaluate_and_save(
                                   "eval_ppl": round(math.exp(min(loss, 50.0)), 4)}
         if spec.guard is not None and (d.main or d.sharded):  # under FSDP every rank takes part in its forwards
             with gathered(inner, d):
-                metrics, verdict = spec.guard.check(inner.model)
+                metrics, verdict, flags = spec.guard.check(inner.model)
             record.update(metrics)
-            record["guard_verdict"] = verdict
+            record.update(guard_verdict=verdict, guard_flags=flags)
             stop = spec.guard_stop and verdict == "fail"
             # The export candidate: the best eval loss among the steps the guard does not fail.
             guarded = verdict != "fail" and (state.guarded_eval_loss is None or loss < state.guarded_eval_loss)

@@ -21,7 +21,7 @@ from tunesmith.config import TrainConfig, resolve_defaults
 from tunesmith.errors import RunError
 from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_tokenizer, pick_device, resolve
 from tunesmith.runfolder import MetricsSink, RunFolder
-from tunesmith.train import checkpoint
+from tunesmith.train import checkpoint, wise
 from tunesmith.train.allocator import current_allocator, peak_rss_bytes
 from tunesmith.train.choose import Scaling, choose_checkpoint, scale_toward_base
 from tunesmith.train.distributed import (
@@ -186,17 +186,17 @@ class Ending:
     """What choosing the export needs beyond the model: a scorer of the model as it is set (held-out eval
     loss, guard verdict and metrics; None without guard or eval data) and the base model's identity."""
 
-    score: Callable[[], tuple[float, str, dict[str, float]]] | None
+    score: Callable[[], wise.Scored] | None
     ref: ModelRef
 
 
 def _scorer(loss_fn: CompletionLoss, data: RunData, guard: Guard, config: TrainConfig, s: _Session,
-            pad_id: int) -> Callable[[], tuple[float, str, dict[str, float]]]:
-    def score() -> tuple[float, str, dict[str, float]]:
+            pad_id: int) -> Callable[[], wise.Scored]:
+    def score() -> wise.Scored:
         loss = eval_loss(loss_fn, data.eval, pad_id=pad_id, batch_size=config.batch_size, device=s.device,
                          dist=s.dist)
-        metrics, verdict = guard.check(loss_fn.model)
-        return loss, verdict, metrics
+        metrics, verdict, flags = guard.check(loss_fn.model)
+        return loss, verdict, metrics, flags
 
     return score
 
@@ -360,7 +360,8 @@ def _guard_records(run: RunFolder, exported: int, scaling: Scaling) -> dict[str,
         out["exported"] = records[exported]
     chosen = scaling.chosen
     if chosen is not None and chosen.metrics:
-        out["exported"] = {"step": exported, **chosen.metrics, "guard_verdict": chosen.verdict}
+        out["exported"] = {"step": exported, **chosen.metrics, "guard_verdict": chosen.verdict,
+                           "guard_flags": chosen.flags}
         out["scale"] = chosen.scale
     return out
 

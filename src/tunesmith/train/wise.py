@@ -10,17 +10,21 @@ task and undoes the forgetting.
   linear in B: not interpolated.)
 - Full fine-tuning: every trained weight becomes lerp(W0, W1, s); W0 is read from the base model's files.
 
-`choose_scale` picks s at the end of training, from the held-out eval loss and the forgetting guard: the
-largest candidate scale the guard passes that keeps at least `MIN_KEPT` of the eval-loss gain the fine-tune
-made over the base. When no candidate passes, the one with the best verdict among those that keep the
-gain (the largest scale first); the fine-tune itself when none keeps it.
+`choose_scale` picks s at the end of training, when the exported weights *concern* the forgetting guard: it
+fails them, or a free-generation check (`FREE_TASKS`: the plain question's answer, format collapse) does not
+pass, which is what a user sees. A `warn` on a teacher-forced task alone does not move the weights: on the
+guard's 16-item slices two flipped items warn, and the forgetting benchmark measured such a warn costing
+22 points of the target when it drove the scale. The choice: the largest candidate scale without concern
+that keeps at least `MIN_KEPT` of the eval-loss gain the fine-tune made over the base. When no candidate is
+without concern, the least concerning among those that keep the gain (the largest scale first); the
+fine-tune itself when none keeps it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -30,7 +34,11 @@ log = logging.getLogger(__name__)
 
 SCALES = (1.0, 0.8, 0.6, 0.4)  # candidate scales, tried from the fine-tune toward the base
 MIN_KEPT = 0.7  # share of the eval-loss gain over the base a scale must keep
-_ORDER = {"pass": 0, "warn": 1, "fail": 2}
+FREE_TASKS = ("capitals_free", "collapse")  # the guard's free-generation checks: what a user sees
+
+# What the guard says of the model as set: held-out eval loss, overall verdict, metrics, the verdict of each
+# task that does not pass.
+Scored = tuple[float, str, dict[str, float], dict[str, str]]
 
 
 class Interpolation:
@@ -60,15 +68,28 @@ class Interpolation:
 
 @dataclass(frozen=True)
 class Trial:
-    """One candidate scale: held-out eval loss, the guard's verdict and metrics."""
+    """One candidate scale: held-out eval loss, the guard's verdict, metrics and flagged tasks."""
 
     scale: float
     eval_loss: float
     verdict: str
     metrics: dict[str, float]
+    flags: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "eval_loss": round(self.eval_loss, 6)}
+
+
+def concern(verdict: str, flags: dict[str, str]) -> int:
+    """How much the guard's say calls for moving toward the base: 2 it fails, 1 a free-generation check does
+    not pass, 0 neither (a teacher-forced `warn` alone is noise on the guard's small slices)."""
+    if verdict == "fail":
+        return 2
+    return 1 if any(flags.get(t, "pass") != "pass" for t in FREE_TASKS) else 0
+
+
+def _concern(t: Trial) -> int:
+    return concern(t.verdict, t.flags)
 
 
 def kept(trial: Trial, base_loss: float, tuned_loss: float) -> float:
@@ -78,20 +99,20 @@ def kept(trial: Trial, base_loss: float, tuned_loss: float) -> float:
 
 
 def choose_scale(
-    interp: Interpolation, score: Callable[[], tuple[float, str, dict[str, float]]], *, base_loss: float,
+    interp: Interpolation, score: Callable[[], Scored], *, base_loss: float,
     first: Trial, scales: Sequence[float] = SCALES,
 ) -> tuple[Trial, list[Trial]]:
     """The scale to export and every trial. `first` is the fine-tune's own (s = 1) trial; `score()` scores the
-    model as currently set (eval loss, guard verdict, guard metrics). Leaves the model at the chosen scale."""
+    model as currently set (`Scored`). Leaves the model at the chosen scale."""
     trials = [first]
     for s in (x for x in scales if x < 1):
-        if trials[-1].verdict == "pass" or kept(trials[-1], base_loss, first.eval_loss) < MIN_KEPT:
-            break  # passing already, or the gain is going: smaller scales can only give more of it back
+        if _concern(trials[-1]) == 0 or kept(trials[-1], base_loss, first.eval_loss) < MIN_KEPT:
+            break  # no concern left, or the gain is going: smaller scales can only give more of it back
         interp.set(s)
         trials.append(Trial(s, *score()))
         log.info("scale %.2f toward the base: eval loss %.4f, guard %s", s, trials[-1].eval_loss,
                  trials[-1].verdict)
     keeping = [t for t in trials if kept(t, base_loss, first.eval_loss) >= MIN_KEPT]
-    chosen = min(keeping, key=lambda t: (_ORDER[t.verdict], -t.scale)) if keeping else first
+    chosen = min(keeping, key=lambda t: (_concern(t), -t.scale)) if keeping else first
     interp.set(chosen.scale)
     return chosen, trials
