@@ -73,6 +73,8 @@ def test_replay_auto_is_chosen_from_the_data_size_and_interpolate_is_checked():
     assert [resolve_replay(auto, n).replay for n in (200, 999, 1000, 4999, 5000)] == [0.3, 0.3, 0.15, 0.15, 0.05]
     assert REPLAY_BY_SIZE[-1][0] == float("inf")
     assert resolve_replay(TrainConfig(replay=0.1), 200).replay == 0.1  # a share given is kept
+    assert resolve_replay(auto, 200, documents=True).replay == 0.0  # the chat pool stays out of pre-training
+    assert resolve_replay(TrainConfig(replay=0.1), 200, documents=True).replay == 0.1
     assert TrainConfig().replay == "auto" and TrainConfig().interpolate == "auto"  # the defaults (issue 12)
     assert resolve_defaults(auto, 200, 10).replay == 0.0  # `train` without the API layer mixes nothing in
     assert load_config(None, replay="0.2", interpolate="0.6").interpolate == 0.6  # as the CLI hands them over

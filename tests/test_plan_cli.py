@@ -39,9 +39,17 @@ def test_plan_table_with_data_and_calibration_on_the_tiny_model(monkeypatch, cap
                          str(_data(tmp_path)), "--batch-size", "2", "--max-length", "64", "--device", "cpu")
     assert code == 0, err
     for row in ("parameters", "weights", "lora activations", "peak memory", "comparable to peak RSS",
-                "adapter on disk", "6 examples", "measured over real training steps", "time per epoch"):
-        assert row in out, row
+                "adapter on disk", "9 examples", "measured over real training steps", "time per epoch",
+                "the data counts 3 general replay examples that training mixes in"):
+        assert row in out, row  # 6 of the user's and 3 replay (auto: 0.3 of the training rows under 1000)
     assert "Recommendation: lora, batch 2 x accumulation 1, max length 64: fits" in out
+
+
+def test_plan_counts_only_the_users_data_with_replay_off(monkeypatch, capsys, tmp_path, tiny_model_dir):
+    code, out, _ = run(monkeypatch, capsys, "plan", "--model", str(tiny_model_dir), "--data", str(_data(tmp_path)),
+                       "--replay", "0", "--no-calibrate", "--json", "--device", "cpu")
+    plan = json.loads(out)
+    assert code == 0 and plan["data"]["examples"] == 6 and not any("replay" in n for n in plan["notes"])
 
 
 def test_plan_without_calibration_uses_flops(monkeypatch, capsys, tiny_model_dir) -> None:
@@ -55,8 +63,8 @@ def test_plan_counts_tokens_with_the_builtin_tokenizer_for_a_config_only_model(m
     code, out, _ = run(monkeypatch, capsys, "plan", "--model", LLAMA_7B, "--data", str(_data(tmp_path)),
                        "--device", "cuda", "--gpu-memory", "80", "--json")
     plan = json.loads(out)
-    assert code == 0 and plan["data"]["examples"] == 6
-    assert plan["notes"][-1] == f"tokens counted with smollm2-135m's tokenizer: '{LLAMA_7B}' has none here"
+    assert code == 0 and plan["data"]["examples"] == 6 + 3  # with the replay examples training mixes in
+    assert f"tokens counted with smollm2-135m's tokenizer: '{LLAMA_7B}' has none here" in plan["notes"]
 
 
 def test_plan_exits_1_when_nothing_fits(monkeypatch, capsys) -> None:

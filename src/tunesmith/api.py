@@ -6,7 +6,7 @@ parses arguments, calls these, and prints what they return.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +14,7 @@ from tunesmith.config import TrainConfig, load_config, resume_config
 from tunesmith.errors import ModelError
 
 if TYPE_CHECKING:
-    from tunesmith.data.formats import Dataset
+    from tunesmith.data.formats import Dataset, Example
     from tunesmith.data.prepare import PrepareConfig, Prepared
     from tunesmith.data.quality import Report
     from tunesmith.evaluate.remedy import Remedy
@@ -100,7 +100,16 @@ def plan(config: TrainConfig, *, gpu_memory_gb: float | None = None, world: int 
         except ModelError:  # a config.json alone: count with the built-in tokenizer, and say so
             tokenizer = load_tokenizer(DEFAULT_MODEL)
             notes.append(f"tokens counted with {DEFAULT_MODEL}'s tokenizer: '{config.model}' has none here")
-        stats = data_stats(config, tokenizer)
+        added: list[Example] = []
+
+        def replay_rows(rows: Sequence[Example]) -> list[Example]:
+            added.extend(_replay(config, rows)[1])
+            return added
+
+        stats = data_stats(config, tokenizer, extra=replay_rows)
+        if added:
+            notes.append(f"the data counts {len(added)} general replay examples that training mixes in "
+                         "(--replay; 0 turns them off)")
     result = estimate(config, device=pick_device(config.device), world=world, gpu_memory_gb=gpu_memory_gb,
                       data=stats, calibrate_speed=calibrate)
     result.notes.extend(notes)
@@ -110,9 +119,8 @@ def plan(config: TrainConfig, *, gpu_memory_gb: float | None = None, world: int 
 def fine_tune(config: TrainConfig, *, resume: bool = False, force: bool = False,
               hooks: Hooks | None = None) -> RunResult:
     """Train per `config`, with the forgetting guard and replay mixing (`replay: auto` chooses the share from
-    the data size). The shape of the training replies goes to the guard (format collapse) and
+    the data size; none for documents). The shape of the training replies goes to the guard (format collapse) and
     into the run's manifest, where `tunesmith eval` finds it."""
-    from tunesmith.config import resolve_replay
     from tunesmith.errors import ConfigError
     from tunesmith.evaluate import guard as guard_mod
     from tunesmith.evaluate.shape import shape_of_examples
@@ -121,18 +129,28 @@ def fine_tune(config: TrainConfig, *, resume: bool = False, force: bool = False,
     if not config.data:
         raise ConfigError("config: no training data given (DATA argument or 'data:' in the config file)")
     examples = _examples(config)
-    config = resolve_replay(config, len(examples))
+    config, replay = _replay(config, examples)
     shape = shape_of_examples([ex.messages for ex in examples])
     guard_factory = None
     if config.guard:
         def guard_factory(tokenizer: Any) -> Any:
             return guard_mod.TrainingGuard(tokenizer, seed=config.seed, shape=shape)
-    replay: list[Any] = []
-    if config.replay:
-        n = round(config.replay / (1 - config.replay) * len(examples))
-        replay = guard_mod.replay_examples(n, seed=config.seed)
-    extras = Extras(guard_factory, replay, {"shape": shape.to_dict() if shape else None})
+    extras = Extras(guard_factory, [ex.messages for ex in replay], {"shape": shape.to_dict() if shape else None})
     return train(config, resume=resume, force=force, hooks=hooks, extras=extras)
+
+
+def _replay(config: TrainConfig, examples: Sequence[Example]) -> tuple[TrainConfig, list[Example]]:
+    """`config` with `replay: auto` resolved for `examples` (the user's own), and the general replay examples
+    training mixes in at that share (none for a share of 0)."""
+    from tunesmith.config import resolve_replay
+    from tunesmith.data.formats import Example
+    from tunesmith.evaluate.guard import replay_examples
+
+    config = resolve_replay(config, len(examples), documents=any(ex.text is not None for ex in examples))
+    if not config.replay:
+        return config, []
+    n = round(config.replay / (1 - config.replay) * len(examples))
+    return config, [Example(messages=m, source=f"replay:{i}") for i, m in enumerate(replay_examples(n, config.seed))]
 
 
 def guard_summary(result: RunResult) -> str:

@@ -357,11 +357,13 @@ def resolve_defaults(c: TrainConfig, n_examples: int, steps_per_epoch: int) -> T
     return replace(c, lr=lr, epochs=epochs, eval_every=eval_every, save_every=save_every, replay=replay)
 
 
-def resolve_replay(c: TrainConfig, n_examples: int) -> TrainConfig:
-    """Resolve `replay: auto` from the data size (`n_examples` of the user's own): see REPLAY_BY_SIZE."""
+def resolve_replay(c: TrainConfig, n_examples: int, documents: bool = False) -> TrainConfig:
+    """Resolve `replay: auto` from the data size (`n_examples` of the user's own): see REPLAY_BY_SIZE. For
+    `documents` (continued pre-training on text) auto mixes none: the shipped replay pool is chat, and
+    chat rows would change what a pre-training stage learns (a share given is kept)."""
     if c.replay != "auto":
         return c
-    share = next(share for limit, share in REPLAY_BY_SIZE if n_examples < limit)
+    share = 0.0 if documents else next(share for limit, share in REPLAY_BY_SIZE if n_examples < limit)
     return replace(c, replay=share)
 
 

@@ -137,7 +137,8 @@ class TrainView:
         self.eta.evaluated()
         extra = "".join(f"  {k.removeprefix('guard/')} {v:.3f}" for k, v in r.items()
                         if k.startswith("guard/") and isinstance(v, float))
-        verdict = f"  guard {r['guard_verdict']}" if "guard_verdict" in r else ""
+        flagged = ", ".join(f"{k} {v}" for k, v in (r.get("guard_flags") or {}).items())
+        verdict = f"  guard {r['guard_verdict']}" + (f" ({flagged})" if flagged else "") if "guard_verdict" in r else ""
         loss = f" eval loss {r['eval_loss']:.4f}" if "eval_loss" in r else ""
         label = "base model" if r["step"] == 0 else f"step {r['step']}"
         self.say(f"{label}:{loss}{extra}{verdict}" + (f"  (stop: {r['early_stop']})" if "early_stop" in r else ""))

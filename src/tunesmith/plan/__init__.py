@@ -12,7 +12,7 @@ Modules: `memory` (bytes by part), `speed` (FLOPs, rates, calibration), `fit` (w
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -44,6 +44,7 @@ from tunesmith.plan.speed import calibrate, flops_per_token, flops_rate
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+    from tunesmith.data.formats import Example
     from tunesmith.data.tokenize import Encoded
 
 __all__ = [
@@ -100,14 +101,16 @@ class DataStats:
                    truncated=sum(1 for e in encoded if e.truncated))
 
 
-def data_stats(config: TrainConfig, tokenizer: PreTrainedTokenizerBase) -> DataStats:
-    """Load and tokenize `config.data` exactly as training will (format, columns, max_length; documents packed)."""
+def data_stats(config: TrainConfig, tokenizer: PreTrainedTokenizerBase,
+               extra: Callable[[Sequence[Example]], Sequence[Example]] | None = None) -> DataStats:
+    """Load and tokenize `config.data` exactly as training will (format, columns, max_length; documents packed),
+    with the rows `extra` adds to them (the replay examples training mixes in)."""
     from tunesmith.data.formats import load_dataset
     from tunesmith.train.batching import training_rows
 
     data = load_dataset(config.data, config.format, config.columns)
-    rows, _ = training_rows(tokenizer, data.examples, config.max_length,
-                            packed=data.format == "text")
+    examples = list(data.examples) + list(extra(data.examples) if extra else ())
+    rows, _ = training_rows(tokenizer, examples, config.max_length, packed=data.format == "text")
     return DataStats.from_encoded(rows)
 
 
