@@ -99,15 +99,24 @@ def test_auto_interpolation_scales_b_and_records_its_trials(tiny_model_dir, qa_f
         assert torch.allclose(tensor, expected), key
 
 
-def test_a_teacher_forced_warn_alone_does_not_move_the_weights(tiny_model_dir, qa_file, tmp_path):
-    guard_calls = ["warn", "warn", "warn"]  # steps 2, 4, 6: a teacher-forced task warns, plain answers hold
-    result, guard = _run(qa_file, tiny_model_dir, tmp_path / "run", guard_calls, interpolate="auto")
+@pytest.mark.parametrize(("at_08", "expected"), [("warn", 1.0), ("pass", 0.8)])
+def test_a_teacher_forced_warn_alone_moves_one_step_at_most(tiny_model_dir, qa_file, tmp_path, at_08, expected):
+    # steps 2, 4, 6 warn on a teacher-forced task (plain answers hold); then scale 0.8 warns too, or passes
+    result, guard = _run(qa_file, tiny_model_dir, tmp_path / "run", ["warn"] * 3 + [at_08], interpolate="auto")
     record = result.manifest["result"]["interpolation"]
-    assert record["scale"] == 1.0 and record["trials"] == [] and guard.calls == 3  # no extra scoring
-    assert record["note"].startswith("not needed: the guard warns at the exported step on capitals alone")
-    saved = load_file(str(result.run_dir / "checkpoints" / "step-000006" / "weights.safetensors"))
+    assert [t["scale"] for t in record["trials"]] == [1.0, 0.8] and guard.calls == 4  # never 0.6
+    kept = wise.kept(wise.Trial(**record["trials"][1]), _base_loss(result), record["trials"][0]["eval_loss"])
+    assert record["scale"] == (expected if kept >= wise.MIN_KEPT else 1.0)
+    step = result.exported_step
+    saved = load_file(str(result.run_dir / "checkpoints" / f"step-{step:06d}" / "weights.safetensors"))
     exported = load_file(str(result.output / "adapter_model.safetensors"))
-    assert all(torch.equal(t, saved[k]) for k, t in _by_suffix(exported, saved).items())
+    for key, tensor in _by_suffix(exported, saved).items():
+        assert torch.allclose(tensor, saved[key] * record["scale"] if "lora_B" in key else saved[key]), key
+
+
+def _base_loss(result) -> float:
+    return next(json.loads(r)["eval_loss"] for r in result.run_dir.joinpath("metrics.jsonl").read_text().splitlines()
+                if json.loads(r).get("step") == 0 and "eval_loss" in json.loads(r))
 
 
 def test_scaling_b_is_exactly_the_interpolated_merged_model(tiny_model_dir, tiny_tokenizer):
@@ -132,6 +141,18 @@ def test_scaling_b_is_exactly_the_interpolated_merged_model(tiny_model_dir, tiny
     interp.set(1.0)
     merged = dict(copy.deepcopy(model).merge_and_unload().named_parameters())
     assert all(torch.equal(merged[n], w1[n]) for n in w1)
+
+
+def test_a_fine_tune_the_guard_only_warns_on_teacher_forced_goes_no_lower_than_the_floor():
+    fake = _Fake()
+    first = wise.Trial(1.0, 1.0, "warn", {}, {"elements": "warn"})
+    table = {0.8: (1.1, "warn-tf"), 0.6: (1.2, "pass")}
+    pick, trials = wise.choose_scale(fake, _trial_scores(table, fake), base_loss=3.0, first=first)
+    assert [t.scale for t in trials] == [1.0, 0.8] and pick.scale == 1.0  # equal concern: the larger scale
+    fake = _Fake()
+    first = wise.Trial(1.0, 1.0, "warn", {}, {"capitals_free": "warn"})  # plain answers drift: down to 0.4
+    pick, trials = wise.choose_scale(fake, _trial_scores(table, fake), base_loss=3.0, first=first)
+    assert [t.scale for t in trials] == [1.0, 0.8, 0.6] and pick.scale == 0.6
 
 
 def test_full_fine_tune_interpolation_is_a_lerp_of_the_weights(tiny_model_dir):
@@ -172,7 +193,9 @@ class _Fake:
     ({0.8: (1.2, "pass")}, 0.8, [1.0, 0.8]),
     ({0.8: (1.3, "warn"), 0.6: (1.9, "pass")}, 0.8, [1.0, 0.8, 0.6]),  # 0.6 gives back too much: best kept is 0.8
     ({0.8: (2.5, "pass")}, 1.0, [1.0, 0.8]),  # no scale keeps the gain: the fine-tune
-    ({0.8: (1.2, "warn-tf"), 0.6: (1.5, "pass")}, 0.8, [1.0, 0.8]),  # a teacher-forced warn alone is no concern
+    ({0.8: (1.2, "warn-tf"), 0.6: (1.5, "pass")}, 0.6, [1.0, 0.8, 0.6]),  # a teacher-forced warn still concerns
+    # ... but less than a free-generation one, and 0.4 keeps too little of the gain
+    ({0.8: (1.2, "warn-tf"), 0.6: (1.5, "warn"), 0.4: (2.0, "pass")}, 0.8, [1.0, 0.8, 0.6, 0.4]),
     # 0.4 keeps too little of the gain: of the rest, the least concern
     ({0.8: (1.2, "fail"), 0.6: (1.4, "warn"), 0.4: (2.0, "pass")}, 0.6, [1.0, 0.8, 0.6, 0.4]),
 ])

@@ -105,9 +105,9 @@ class TrainConfig:
         "0 mixes none", panel="Run")
     interpolate: Literal["auto", "off"] | float = setting(
         "auto", "Scale the fine-tune's change toward the base (WiSE-FT) before exporting: auto acts when the guard "
-        "fails the exported step or its plain answers or output shape drift, and takes the largest of 0.8, 0.6, "
-        "0.4 that clears that and keeps 70 % of the eval-loss gain; a number in (0, 1] fixes the scale; off "
-        "exports the fine-tune as trained", panel="Run")
+        "flags the exported step, taking the largest of 0.8, 0.6, 0.4 it passes that keeps 70 % of the eval-loss "
+        "gain (no lower than 0.8 for a teacher-forced warn alone, when plain answers hold); a number in (0, 1] "
+        "fixes the scale; off exports the fine-tune as trained", panel="Run")
     rag: bool = setting(
         False, "Retrieval-augmented fine-tuning (RAFT): train each chat row with notes retrieved (BM25) from the "
         "training split in its prompt, as `eval --rag` and an app put them; the row's own note is kept in 80 % "

@@ -10,14 +10,14 @@ task and undoes the forgetting.
   linear in B: not interpolated.)
 - Full fine-tuning: every trained weight becomes lerp(W0, W1, s); W0 is read from the base model's files.
 
-`choose_scale` picks s at the end of training, when the exported weights *concern* the forgetting guard: it
-fails them, or a free-generation check (`FREE_TASKS`: the plain question's answer, format collapse) does not
-pass, which is what a user sees. A `warn` on a teacher-forced task alone does not move the weights: on the
-guard's 16-item slices two flipped items warn, and the forgetting benchmark measured such a warn costing
-22 points of the target when it drove the scale. The choice: the largest candidate scale without concern
-that keeps at least `MIN_KEPT` of the eval-loss gain the fine-tune made over the base. When no candidate is
-without concern, the least concerning among those that keep the gain (the largest scale first); the
-fine-tune itself when none keeps it.
+`choose_scale` picks s at the end of training, by how much the exported weights *concern* the forgetting
+guard (`concern`): it fails them; a free-generation check does not pass (`FREE_TASKS`: the plain question's
+answer, format collapse: what a user sees); or a teacher-forced task alone warns. The last is as often noise
+as not (on the guard's 16-item slices two flipped items warn; the forgetting benchmark measured such a warn
+driving the scale to 0.4 and costing 22 points of the target), so it may move the weights one step only
+(`FLOOR`). The choice: the largest scale down to the floor without concern that keeps at least `MIN_KEPT`
+of the eval-loss gain the fine-tune made over the base; when none is without concern, the least concerning
+of those that keep the gain (the largest scale first); the fine-tune itself when none keeps it.
 """
 
 from __future__ import annotations
@@ -81,11 +81,17 @@ class Trial:
 
 
 def concern(verdict: str, flags: dict[str, str]) -> int:
-    """How much the guard's say calls for moving toward the base: 2 it fails, 1 a free-generation check does
-    not pass, 0 neither (a teacher-forced `warn` alone is noise on the guard's small slices)."""
+    """How much the guard's say calls for moving toward the base: 3 it fails; 2 a free-generation check does
+    not pass; 1 a teacher-forced task alone warns; 0 it passes."""
     if verdict == "fail":
+        return 3
+    if any(flags.get(t, "pass") != "pass" for t in FREE_TASKS):
         return 2
-    return 1 if any(flags.get(t, "pass") != "pass" for t in FREE_TASKS) else 0
+    return 1 if verdict != "pass" else 0
+
+
+# The smallest scale each concern of the fine-tune itself may move to: a teacher-forced warn alone one step.
+FLOOR = {1: 0.8, 2: min(SCALES), 3: min(SCALES)}
 
 
 def _concern(t: Trial) -> int:
@@ -105,7 +111,8 @@ def choose_scale(
     """The scale to export and every trial. `first` is the fine-tune's own (s = 1) trial; `score()` scores the
     model as currently set (`Scored`). Leaves the model at the chosen scale."""
     trials = [first]
-    for s in (x for x in scales if x < 1):
+    floor = FLOOR.get(_concern(first), 1.0)
+    for s in (x for x in scales if floor <= x < 1):
         if _concern(trials[-1]) == 0 or kept(trials[-1], base_loss, first.eval_loss) < MIN_KEPT:
             break  # no concern left, or the gain is going: smaller scales can only give more of it back
         interp.set(s)
