@@ -308,3 +308,33 @@ def test_agreement_counts_the_cells_where_the_guard_verdict_equals_the_full_one(
     assert _results.agreement_line(rows).startswith("guard agreement with the full eval: 2/3 cells (67 %) on the "
                                                     "general verdict, 1/3 on the overall verdict; differing: ")
     assert _results.agreement_line([]) == "guard agreement: no cell with a guard verdict"
+
+
+# ------------------------------------------------------------------------------------ guard slice replay
+def test_slice_replay_matches_the_full_eval_where_nothing_or_everything_changed():
+    import slices
+
+    from tunesmith.evaluate.suite import load_task
+
+    ids = {name: {str(i["id"]) for i in load_task(name).items} for name in ("capitals", "elements", "arithmetic")}
+    unchanged = {name: (set(), set()) for name in ids}
+    forgot = {**unchanged, "capitals": (ids["capitals"], set())}  # every capital lost
+    s = slices.SLICES[0]
+    assert {slices.replay(unchanged, {}, s, seed) for seed in range(5)} == {"pass"}
+    assert {slices.replay(forgot, {}, s, seed) for seed in range(5)} == {"fail"}
+    assert slices.replay(unchanged, {"prose": "fail"}, s, 0) == "fail"  # prose: the full eval's verdict stands in
+
+
+def test_slice_replay_of_a_two_item_drop_warns_unless_only_confirmed_drops_count():
+    import slices
+
+    from tunesmith.evaluate.guard import guard_tasks
+
+    s = slices.SLICES[0]
+    picked = [str(i["id"]) for i in next(t for t in guard_tasks(s.sizes, 0) if t.name == "elements").items]
+    cell = {"elements": (set(picked[:2]), set())}  # two of the 16 sampled items lost: 12.5 points, unconfirmed
+    assert slices.replay(cell, {}, s, 0) == "warn"
+    assert slices.replay(cell, {}, slices.Slice("confirmed", s.sizes, None), 0) == "pass"
+    assert slices.replay(cell, {}, slices.Slice("from 15", s.sizes, 0.15), 0) == "pass"
+    assert slices.replay({"elements": (set(picked[:3]), set())}, {}, slices.Slice("from 15", s.sizes, 0.15), 0) in (
+        "warn", "fail")  # three: 18.8 points

@@ -1,0 +1,125 @@
+"""How often would the training guard's verdict agree with the full `tunesmith eval`, for a given slice?
+
+The guard scores a seeded sample of each suite task's items (`tunesmith.evaluate.guard.guard_tasks`) and
+compares them with the base's, as `tunesmith eval` does on every item. Only the items that changed between
+base and tuned move a paired difference, and every full evaluation's report keeps them per task (`lost`,
+`gained`). So the guard's verdict on a cell's exported weights can be replayed for any slice size, any
+sampling seed and any thresholds, from the report alone, without a model.
+
+For each benchmark cell (a row of bench/forgetting.py's results whose run folder still has its eval report)
+and each slice configuration, this draws the guard's items with seeds 0..N-1 and prints how often the
+replayed verdict equals the full eval's verdict on the general tasks. Prose (perplexity) is not replayed:
+its per-passage losses are not in the report; the replay stands in the full eval's prose verdict.
+
+Run:  python bench/forgetting/slices.py RESULTS.jsonl [...] [--draws 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from tunesmith.evaluate.guard import GUARD_SIZES, guard_tasks
+from tunesmith.evaluate.suite import TaskScores, load_task
+from tunesmith.evaluate.verdict import Thresholds, compare_task
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+import _results  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Slice:
+    """A guard configuration to replay: items per task, and from what size an unconfirmed drop warns (the
+    verdict's own rule: the fail threshold; None: never)."""
+
+    name: str
+    sizes: Mapping[str, int]
+    unconfirmed_at: float | None = 0.10
+
+    @property
+    def thresholds(self) -> Thresholds:
+        return Thresholds(resamples=1000)  # the guard's
+
+
+X2 = {**GUARD_SIZES, "capitals": 32, "elements": 32, "arithmetic": 32}
+X3 = {**GUARD_SIZES, "capitals": 48, "elements": 48, "arithmetic": 48}
+SLICES = (
+    Slice("today", GUARD_SIZES),
+    Slice("unconfirmed from 15 pts", GUARD_SIZES, 0.15),
+    Slice("unconfirmed from 20 pts", GUARD_SIZES, 0.20),
+    Slice("confirmed only", GUARD_SIZES, None),
+    Slice("x2 teacher-forced", X2),
+    Slice("x2, unconfirmed from 15 pts", X2, 0.15),
+    Slice("x2, confirmed only", X2, None),
+    Slice("x3 teacher-forced", X3),
+    Slice("x3, confirmed only", X3, None),
+)
+
+
+def flips(report: Mapping[str, Any]) -> dict[str, tuple[set[str], set[str]]]:
+    """Per suite task of a full eval: (item ids lost, item ids gained)."""
+    return {r["task"]: (set(r.get("lost") or ()), set(r.get("gained") or ())) for r in report["suite"]}
+
+
+def replay(cell: Mapping[str, tuple[set[str], set[str]]], full: Mapping[str, str], s: Slice, seed: int) -> str:
+    """The guard's overall verdict on the cell's exported weights, with slice `s` drawn with `seed`."""
+    worst = full.get("prose", "pass")  # not replayable: the full eval's verdict stands in
+    tasks = [t for t in guard_tasks(s.sizes, seed) if t.name != "prose"]
+    free = next((t for t in tasks if t.name == "capitals_free"), None)
+    if free is not None and "collapse" in cell:  # the guard's collapse check reads the free replies' prompts
+        items = tuple({"id": "collapse/" + i["id"].split("/", 1)[1]} for i in free.items)
+        tasks.append(replace(load_task("collapse"), items=items))
+    for task in tasks:
+        if task.name not in cell:
+            continue
+        lost, gained = cell[task.name]
+        ids = [str(i["id"]) for i in task.items]
+        good_then = [1.0 if i in lost else 0.0 for i in ids]  # the base right, the tuned model not
+        good_now = [1.0 if i in gained else 0.0 for i in ids]
+        base, tuned = (good_then, good_now) if task.higher_is_better else (good_now, good_then)
+        ones = [1.0] * len(ids)
+        row = compare_task(TaskScores(task, base, ones), TaskScores(task, tuned, ones), s.thresholds, seed)
+        verdict = row.verdict
+        harm = -row.delta if task.higher_is_better else row.delta
+        if verdict == "warn" and row.reason.endswith("includes no change") and (
+                s.unconfirmed_at is None or harm < s.unconfirmed_at):
+            verdict = "pass"
+        worst = max(worst, verdict, key=_results.ORDER.__getitem__)
+    return worst
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("results", nargs="+", type=Path)
+    p.add_argument("--draws", type=int, default=200, help="slice seeds per cell (default: 200)")
+    args = p.parse_args(argv)
+    cells = []
+    for path in args.results:
+        for row in _results.read_rows(path):
+            report = Path(row["run"]["dir"]) / "eval" / "report.json"
+            if report.is_file():
+                data = json.loads(report.read_text(encoding="utf-8"))
+                cells.append((f"{row['task']}/{row['recipe']}/s{row['seed']}", flips(data),
+                              {r["task"]: r["verdict"] for r in data["suite"]}, row["verdict_general"]))
+    if not cells:
+        raise SystemExit("no cell with an eval report (the run folders are gone?)")
+    print(f"{len(cells)} cells, {args.draws} slice draws each; agreement: the replayed guard verdict equals the "
+          "full eval's general verdict")
+    print("| slice | " + " | ".join(f"{name} ({want})" for name, _, _, want in cells) + " | mean |")
+    print("| :--- |" + " ---: |" * (len(cells) + 1))
+    for s in SLICES:
+        rates = []
+        for _, cell, full, want in cells:
+            rates.append(sum(replay(cell, full, s, seed) == want for seed in range(args.draws)) / args.draws)
+        print(f"| {s.name} | " + " | ".join(f"{100 * r:.0f} %" for r in rates)
+              + f" | **{100 * sum(rates) / len(rates):.0f} %** |")
+
+
+if __name__ == "__main__":
+    main()
