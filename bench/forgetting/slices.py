@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tunesmith.evaluate.guard import GUARD_SIZES, guard_tasks
+from tunesmith.evaluate.guard import GUARD_SIZES, _noise, guard_tasks
 from tunesmith.evaluate.suite import TaskScores, load_task
 from tunesmith.evaluate.verdict import Thresholds, compare_task
 
@@ -36,8 +36,8 @@ import _results  # noqa: E402
 
 @dataclass(frozen=True)
 class Slice:
-    """A guard configuration to replay: items per task, and from what size an unconfirmed drop warns (the
-    verdict's own rule: the fail threshold; None: never)."""
+    """A guard configuration to replay: items per task, and from what size an unconfirmed drop of a rate
+    warns (0.10: the verdict's own rule, the fail threshold; None: never; the guard's: UNCONFIRMED_WARN)."""
 
     name: str
     sizes: Mapping[str, int]
@@ -86,11 +86,7 @@ def replay(cell: Mapping[str, tuple[set[str], set[str]]], full: Mapping[str, str
         base, tuned = (good_then, good_now) if task.higher_is_better else (good_now, good_then)
         ones = [1.0] * len(ids)
         row = compare_task(TaskScores(task, base, ones), TaskScores(task, tuned, ones), s.thresholds, seed)
-        verdict = row.verdict
-        harm = -row.delta if task.higher_is_better else row.delta
-        if verdict == "warn" and row.reason.endswith("includes no change") and (
-                s.unconfirmed_at is None or harm < s.unconfirmed_at):
-            verdict = "pass"
+        verdict = "pass" if _noise(row, s.unconfirmed_at) else row.verdict
         worst = max(worst, verdict, key=_results.ORDER.__getitem__)
     return worst
 
@@ -107,6 +103,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 data = json.loads(report.read_text(encoding="utf-8"))
                 cells.append((f"{row['task']}/{row['recipe']}/s{row['seed']}", flips(data),
                               {r["task"]: r["verdict"] for r in data["suite"]}, row["verdict_general"]))
+                actual = row["guard"].get("at_export")
+                if actual is not None:  # the check of the replay: the guard's own items are drawn with the run's seed
+                    replayed = replay(cells[-1][1], cells[-1][2], SLICES[0], row["seed"])
+                    print(f"{cells[-1][0]}: the guard said {actual} of the exported weights, the replay of its slice "
+                          f"says {replayed}")
     if not cells:
         raise SystemExit("no cell with an eval report (the run folders are gone?)")
     print(f"{len(cells)} cells, {args.draws} slice draws each; agreement: the replayed guard verdict equals the "

@@ -17,7 +17,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from tunesmith.evaluate.suite import Task, TaskScores, load_task, run_tasks
-from tunesmith.evaluate.verdict import Thresholds, Verdict, compare, overall
+from tunesmith.evaluate.verdict import Comparison, Thresholds, Verdict, compare, overall
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 GUARD_SIZES: dict[str, int] = {"capitals": 16, "elements": 16, "arithmetic": 16, "capitals_free": 24}
 GUARD_TASKS = tuple(GUARD_SIZES)
 GUARD_PROSE = 4  # prose passages: a continuous signal that moves before accuracy does
+# On a slice this small an unconfirmed drop is mostly noise (two flipped items of 16 are 12.5 points, past
+# the fail threshold, which `tunesmith eval` would call a warning). The guard warns on an unconfirmed drop
+# only from this size; a smaller one is flagged "unconfirmed" and leaves the verdict alone. Chosen on the
+# forgetting benchmark (bench/forgetting/slices.py): the guard's verdict on the exported weights then
+# agrees with the full eval's general verdict most often.
+UNCONFIRMED_WARN = 0.20
 
 
 class TrainingGuard:
@@ -59,8 +65,10 @@ class TrainingGuard:
         if self._baseline is None:
             raise RuntimeError("TrainingGuard.check() called before baseline()")
         scores = self._score(model)
-        rows = compare(self._baseline, scores, self.thresholds, self.seed)
-        return self.metrics(scores), overall(rows), {r.task: r.verdict for r in rows if r.verdict != "pass"}
+        rows = [_slice_verdict(r) for r in compare(self._baseline, scores, self.thresholds, self.seed)]
+        flags = {r.task: r.verdict for r in rows if r.verdict != "pass"}
+        flags.update({r.task: "unconfirmed" for r in rows if _noise(r)})
+        return self.metrics(scores), overall(rows), flags
 
     @staticmethod
     def metrics(scores: Mapping[str, TaskScores]) -> dict[str, float]:
@@ -73,6 +81,15 @@ class TrainingGuard:
             return run_tasks(model, self.tokenizer, self.tasks)
         finally:
             model.train(was_training)
+
+
+def _noise(row: Comparison, at: float | None = UNCONFIRMED_WARN) -> bool:
+    """A rate's drop past the fail threshold that the slice cannot confirm and that is below `at` (None: any)."""
+    return row.verdict == "warn" and not row.relative and not row.confirmed and (at is None or row.harm < at)
+
+
+def _slice_verdict(row: Comparison) -> Comparison:
+    return replace(row, verdict="pass", reason="unconfirmed: noise on a slice this small") if _noise(row) else row
 
 
 def guard_tasks(sizes: Mapping[str, int], seed: int = 0, shape: Shape | None = None) -> list[Task]:

@@ -121,6 +121,17 @@ class Comparison:
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
+    @property
+    def harm(self) -> float:
+        """The change turned so that positive means worse."""
+        return self.delta if self.relative or not self.higher_is_better else -self.delta
+
+    @property
+    def confirmed(self) -> bool:
+        """The interval excludes "no harm"."""
+        low, high = self.ci
+        return (low if self.relative or not self.higher_is_better else -high) > 0
+
 
 def judge(harm: float, harm_low: float, relative: bool, t: Thresholds) -> tuple[Verdict, str]:
     """Verdict for one task from its harm (positive = worse) and the lower bound of harm's interval."""

@@ -68,7 +68,7 @@ class Scaling:
     def record(self) -> dict[str, Any]:
         return {"scale": self.chosen.scale if self.chosen else 1.0, "how": self.how, "note": self.note,
                 "rule": f"largest of {', '.join(map(str, wise.SCALES))} with the least concern to the guard "
-                        f"(fail, then free generation, then a teacher-forced warn, which goes no lower than "
+                        f"(fail, then free generation, then a teacher-forced task alone, which goes no lower than "
                         f"{wise.FLOOR[1]:g}), keeping >= {wise.MIN_KEPT:.0%} of the eval-loss gain"
                         if self.how == "auto" else None,
                 "trials": [t.to_dict() for t in self.trials]}
@@ -92,7 +92,7 @@ def scale_toward_base(
     if setting == "auto":
         if score is None or base_loss is None or "guard_verdict" not in at_step or "eval_loss" not in at_step:
             return Scaling(how="auto", note="not interpolated: needs the guard and eval data")
-        if at_step["guard_verdict"] == "pass":
+        if wise.concern(at_step["guard_verdict"], flags) == 0:
             return Scaling(how="auto", note="not needed: the guard passes the exported step")
     interp = wise.Interpolation(model, base_weights() if base_weights is not None else None)
     if setting != "auto":

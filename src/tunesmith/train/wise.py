@@ -11,13 +11,15 @@ task and undoes the forgetting.
 - Full fine-tuning: every trained weight becomes lerp(W0, W1, s); W0 is read from the base model's files.
 
 `choose_scale` picks s at the end of training, by how much the exported weights *concern* the forgetting
-guard (`concern`): it fails them; a free-generation check does not pass (`FREE_TASKS`: the plain question's
-answer, format collapse: what a user sees); or a teacher-forced task alone warns. The last is as often noise
-as not (on the guard's 16-item slices two flipped items warn; the forgetting benchmark measured such a warn
-driving the scale to 0.4 and costing 22 points of the target), so it may move the weights one step only
-(`FLOOR`). The choice: the largest scale down to the floor without concern that keeps at least `MIN_KEPT`
-of the eval-loss gain the fine-tune made over the base; when none is without concern, the least concerning
-of those that keep the gain (the largest scale first); the fine-tune itself when none keeps it.
+guard (`concern`): it fails them; a free-generation check is flagged (`FREE_TASKS`: the plain question's
+answer, format collapse: what a user sees); or a teacher-forced task alone is flagged (it warns, or drops
+past the fail threshold without the slice confirming it). The last is as often noise as not (on the guard's
+16-item slices that is two flipped items; the forgetting benchmark measured such a flag driving the scale
+to 0.4 and costing 22 points of the target), so it may move the weights one step only (`FLOOR`).
+
+The choice: the largest scale down to the floor without concern that keeps at least `MIN_KEPT` of the
+eval-loss gain the fine-tune made over the base; when none is without concern, the least concerning of
+those that keep the gain (the largest scale first); the fine-tune itself when none keeps it.
 """
 
 from __future__ import annotations
@@ -81,13 +83,13 @@ class Trial:
 
 
 def concern(verdict: str, flags: dict[str, str]) -> int:
-    """How much the guard's say calls for moving toward the base: 3 it fails; 2 a free-generation check does
-    not pass; 1 a teacher-forced task alone warns; 0 it passes."""
+    """How much the guard's say calls for moving toward the base: 3 it fails; 2 a free-generation check is
+    flagged; 1 a teacher-forced task alone is (a warning, or a drop the slice cannot confirm); 0 neither."""
     if verdict == "fail":
         return 3
-    if any(flags.get(t, "pass") != "pass" for t in FREE_TASKS):
+    if any(t in flags for t in FREE_TASKS):
         return 2
-    return 1 if verdict != "pass" else 0
+    return 1 if verdict != "pass" or flags else 0
 
 
 # The smallest scale each concern of the fine-tune itself may move to: a teacher-forced warn alone one step.
