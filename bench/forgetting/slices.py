@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tunesmith.evaluate.guard import GUARD_SIZES, _noise, guard_tasks
+from tunesmith.evaluate.guard import GUARD_SIZES, UNCONFIRMED_WARN, _noise, guard_tasks
 from tunesmith.evaluate.suite import TaskScores, load_task
 from tunesmith.evaluate.verdict import Thresholds, compare_task
 
@@ -50,8 +50,9 @@ class Slice:
 
 X2 = {**GUARD_SIZES, "capitals": 32, "elements": 32, "arithmetic": 32}
 X3 = {**GUARD_SIZES, "capitals": 48, "elements": 48, "arithmetic": 48}
+SHIPPED = Slice("the guard's (unconfirmed from UNCONFIRMED_WARN)", GUARD_SIZES, UNCONFIRMED_WARN)
 SLICES = (
-    Slice("today", GUARD_SIZES),
+    Slice("the verdict's own rule", GUARD_SIZES),
     Slice("unconfirmed from 15 pts", GUARD_SIZES, 0.15),
     Slice("unconfirmed from 20 pts", GUARD_SIZES, 0.20),
     Slice("confirmed only", GUARD_SIZES, None),
@@ -95,26 +96,29 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("results", nargs="+", type=Path)
     p.add_argument("--draws", type=int, default=200, help="slice seeds per cell (default: 200)")
     args = p.parse_args(argv)
-    cells = []
+    cells, agree = [], 0
     for path in args.results:
         for row in _results.read_rows(path):
             report = Path(row["run"]["dir"]) / "eval" / "report.json"
             if report.is_file():
                 data = json.loads(report.read_text(encoding="utf-8"))
-                cells.append((f"{row['task']}/{row['recipe']}/s{row['seed']}", flips(data),
-                              {r["task"]: r["verdict"] for r in data["suite"]}, row["verdict_general"]))
-                actual = row["guard"].get("at_export")
-                if actual is not None:  # the check of the replay: the guard's own items are drawn with the run's seed
-                    replayed = replay(cells[-1][1], cells[-1][2], SLICES[0], row["seed"])
-                    print(f"{cells[-1][0]}: the guard said {actual} of the exported weights, the replay of its slice "
-                          f"says {replayed}")
+                name, cell, full = (f"{row['task']}/{row['recipe']}/s{row['seed']}", flips(data),
+                                    {r["task"]: r["verdict"] for r in data["suite"]})
+                cells.append((name, cell, full, row["verdict_general"]))
+                own = replay(cell, full, SHIPPED, row["seed"])  # the guard's own items: drawn with the run's seed
+                agree += own == row["verdict_general"]
+                print(f"{name}: the full eval says {row['verdict_general']}; the guard said "
+                      f"{row['guard'].get('at_export')} during the run, the replay of its slice says "
+                      f"{replay(cell, full, SLICES[0], row['seed'])} by the verdict's own rule, {own} by the guard's")
     if not cells:
         raise SystemExit("no cell with an eval report (the run folders are gone?)")
+    print(f"the guard's own slices (each run's seed), by its rule: {agree}/{len(cells)} cells agree with the full "
+          "eval's general verdict\n")
     print(f"{len(cells)} cells, {args.draws} slice draws each; agreement: the replayed guard verdict equals the "
           "full eval's general verdict")
     print("| slice | " + " | ".join(f"{name} ({want})" for name, _, _, want in cells) + " | mean |")
     print("| :--- |" + " ---: |" * (len(cells) + 1))
-    for s in SLICES:
+    for s in (*SLICES, SHIPPED):
         rates = []
         for _, cell, full, want in cells:
             rates.append(sum(replay(cell, full, s, seed) == want for seed in range(args.draws)) / args.draws)
