@@ -74,7 +74,9 @@ def test_every_shape_checks_and_trains(monkeypatch, capsys, tmp_path, tiny_model
     assert report["valid"] and report["format"] == shape and report["count"] == 12
     manifest = _train(monkeypatch, capsys, str(path), tmp_path / "run", tiny_model_dir)
     assert manifest["data"]["format"] == shape and manifest["result"]["steps"] == 2
-    assert manifest["data"]["train_examples"] + manifest["data"]["eval_examples"] == 12
+    d = manifest["data"]  # train_examples counts the general replay examples mixed in (none for documents)
+    assert d["train_examples"] - d["replay_examples"] + d["eval_examples"] == 12
+    assert d["replay_examples"] == (0 if shape == "text" else round(0.3 / 0.7 * 12))  # replay: auto, 0.3
     saved = [json.loads(line) for line in (tmp_path / "run" / "data" / "train.jsonl").read_text().splitlines()]
     assert all(set(r) == ({"text"} if shape == "text" else {"messages"}) for r in saved)
     if shape == "text":  # documents split at max_length and packed into (nearly) full rows of 64 tokens

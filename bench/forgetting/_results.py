@@ -54,7 +54,7 @@ def suite_summary(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "verdict": report["verdict"],
         "verdict_general": max((r["verdict"] for r in general), key=ORDER.__getitem__),
-        "suite": [_brief(r) for r in rows],
+        "suite": [{**_brief(r), "lost": r.get("lost", []), "gained": r.get("gained", [])} for r in rows],
         "worst_general": _brief(worst),
         "safety": {name: _brief(by_name[name]) for name in ("refusal", "over_refusal") if name in by_name},
     }

@@ -6,10 +6,11 @@ base and tuned move a paired difference, and every full evaluation's report keep
 `gained`). So the guard's verdict on a cell's exported weights can be replayed for any slice size, any
 sampling seed and any thresholds, from the report alone, without a model.
 
-For each benchmark cell (a row of bench/forgetting.py's results whose run folder still has its eval report)
-and each slice configuration, this draws the guard's items with seeds 0..N-1 and prints how often the
-replayed verdict equals the full eval's verdict on the general tasks. Prose (perplexity) is not replayed:
-its per-passage losses are not in the report; the replay stands in the full eval's prose verdict.
+For each benchmark cell (a row of bench/forgetting.py's results: its suite rows keep the flips, or for older
+rows its run folder still has the eval report) and each slice configuration, this draws the guard's items
+with seeds 0..N-1 and prints how often the replayed verdict equals the full eval's verdict on the general
+tasks. Prose (perplexity) is not replayed: its per-passage losses are not in the report; the replay stands
+in the full eval's prose verdict.
 
 Run:  python bench/forgetting/slices.py RESULTS.jsonl [...] [--draws 200]
 """
@@ -100,8 +101,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     for path in args.results:
         for row in _results.read_rows(path):
             report = Path(row["run"]["dir"]) / "eval" / "report.json"
-            if report.is_file():
-                data = json.loads(report.read_text(encoding="utf-8"))
+            data = row if all("lost" in r for r in row["suite"]) else (  # rows keep the flips since issue 12
+                json.loads(report.read_text(encoding="utf-8")) if report.is_file() else None)
+            if data is not None:
                 name, cell, full = (f"{row['task']}/{row['recipe']}/s{row['seed']}", flips(data),
                                     {r["task"]: r["verdict"] for r in data["suite"]})
                 cells.append((name, cell, full, row["verdict_general"]))

@@ -101,8 +101,8 @@ class TrainConfig:
     guard_stop: bool = setting(False, "Stop, keeping the best checkpoint, when the guard says fail", panel="Run")
     replay: Literal["auto"] | float = setting(
         "auto", "Share of general replay examples (shipped chat examples) mixed into the training data against "
-        "forgetting; auto chooses it from the data size (0.3 under 1000 examples, 0.15 under 5000, else 0.05); "
-        "0 mixes none", panel="Run")
+        "forgetting; auto chooses it from the data size (0.3 under 1000 examples, 0.15 under 5000, else 0.05; "
+        "none for documents); 0 mixes none", panel="Run")
     interpolate: Literal["auto", "off"] | float = setting(
         "auto", "Scale the fine-tune's change toward the base (WiSE-FT) before exporting: auto acts when the guard "
         "flags the exported step, taking the largest of 0.8, 0.6, 0.4 it passes that keeps 70 % of the eval-loss "
