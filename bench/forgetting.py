@@ -13,9 +13,9 @@ For each task x recipe x seed (a *cell*), with the real CLI, as a user would run
 Each finished cell appends one JSON line to --results; the table of every row in that file and the guard's
 agreement with the full verdict end the run.
 A recipe is a name and extra `tunesmith train` flags: `default` adds none (today's defaults: replay and
-interpolation `auto` since issue 12), `plain` turns both off (the defaults before it, whose cells are in
-results/baseline.jsonl), `destructive` is a planted full fine-tune at lr 1e-3 that must FAIL;
-`--recipe NAME='FLAGS'` adds one.
+interpolation `auto` since issue 12), `plain` turns both off (the defaults just before; the older
+results/baseline.jsonl cells came before guard-aware export too), `destructive` is a planted full
+fine-tune at lr 1e-3 that must FAIL; `--recipe NAME='FLAGS'` adds one.
 A cell's checkpoints are deleted once it is recorded (the exported adapter or model, logs and report stay).
 
 Run:  python bench/forgetting.py [--tasks all] [--recipes default] [--recipe NAME='--flag v'] [--seeds 0]
