@@ -62,6 +62,9 @@ SLICES = (
     Slice("x2, confirmed only", X2, None),
     Slice("x3 teacher-forced", X3),
     Slice("x3, confirmed only", X3, None),
+    Slice("free x2, unconfirmed from 20 pts", {**GUARD_SIZES, "capitals_free": 48}, 0.20),
+    Slice("free x3, unconfirmed from 20 pts", {**GUARD_SIZES, "capitals_free": 72}, 0.20),
+    Slice("free x3, x2 teacher-forced, unconfirmed from 20 pts", {**X2, "capitals_free": 72}, 0.20),
 )
 
 
