@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from cli_helpers import one_thread  # noqa: F401  (autouse: tiny-model tests on one thread)
-from tunesmith.evaluate.guard import GUARD_PROSE, GUARD_SIZES, GUARD_TASKS, TrainingGuard, guard_tasks
+from tunesmith.evaluate.guard import (
+    GUARD_PROSE,
+    GUARD_RESAMPLES,
+    GUARD_SIZES,
+    GUARD_TASKS,
+    TrainingGuard,
+    guard_tasks,
+)
 from tunesmith.evaluate.shape import learn_shape
 from tunesmith.evaluate.suite import TaskScores, load_task
 from tunesmith.evaluate.verdict import Comparison, Thresholds, compare_task
@@ -69,22 +76,20 @@ def test_check_before_baseline_is_a_programming_error(model, tiny_tokenizer):
         TrainingGuard(tiny_tokenizer, sizes={"capitals": 3}).check(model)
 
 
-def _row(lost: int, n: int = 16, gained: int = 0) -> Comparison:
-    task = load_task("elements")
-    items = task.items[:n]
-    task = replace(task, items=items)
-    base = [1.0 if i < lost else 0.0 for i in range(n)]
-    tuned = [1.0 if lost <= i < lost + gained else 0.0 for i in range(n)]
-    ones = [1.0] * n
-    return compare_task(TaskScores(task, base, ones), TaskScores(task, tuned, ones), Thresholds(resamples=1000))
+def _row(lost: int, n: int = 16) -> Comparison:
+    """Base vs tuned on `n` items of which the tuned model lost `lost`, judged as the guard judges."""
+    task = replace(load_task("elements"), items=load_task("elements").items[:n])
+    base, tuned, ones = [1.0 if i < lost else 0.0 for i in range(n)], [0.0] * n, [1.0] * n
+    return compare_task(TaskScores(task, base, ones), TaskScores(task, tuned, ones),
+                        Thresholds(resamples=GUARD_RESAMPLES))
 
 
 def test_the_slice_calls_a_small_unconfirmed_drop_noise_and_flags_it():
-    from tunesmith.evaluate.guard import UNCONFIRMED_WARN, _noise, _slice_verdict
+    from tunesmith.evaluate.guard import UNCONFIRMED_WARN, _slice_verdict, is_noise
 
     two = _row(2)  # 12.5 points: past the fail threshold, not confirmed on 16 items
     assert two.verdict == "warn" and not two.confirmed and two.harm < UNCONFIRMED_WARN
-    assert _noise(two) and _slice_verdict(two).verdict == "pass"
-    big = _row(12, gained=0)  # 75 points: confirmed
-    assert big.confirmed and _slice_verdict(big).verdict == "fail" and not _noise(big)
-    assert _slice_verdict(_row(0)).verdict == "pass" and not _noise(_row(0))
+    assert is_noise(two) and _slice_verdict(two).verdict == "pass"
+    big = _row(12)  # 75 points: confirmed
+    assert big.confirmed and _slice_verdict(big).verdict == "fail" and not is_noise(big)
+    assert _slice_verdict(_row(0)).verdict == "pass" and not is_noise(_row(0))

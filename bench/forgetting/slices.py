@@ -21,12 +21,19 @@ import argparse
 import json
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tunesmith.evaluate.guard import GUARD_SIZES, UNCONFIRMED_WARN, _noise, guard_tasks
-from tunesmith.evaluate.suite import TaskScores, load_task
+from tunesmith.evaluate.guard import (
+    GUARD_RESAMPLES,
+    GUARD_SIZES,
+    UNCONFIRMED_WARN,
+    collapse_task,
+    guard_tasks,
+    is_noise,
+)
+from tunesmith.evaluate.suite import TaskScores
 from tunesmith.evaluate.verdict import Thresholds, compare_task
 
 HERE = Path(__file__).resolve().parent
@@ -46,7 +53,7 @@ class Slice:
 
     @property
     def thresholds(self) -> Thresholds:
-        return Thresholds(resamples=1000)  # the guard's
+        return Thresholds(resamples=GUARD_RESAMPLES)
 
 
 X2 = {**GUARD_SIZES, "capitals": 32, "elements": 32, "arithmetic": 32}
@@ -79,8 +86,7 @@ def replay(cell: Mapping[str, tuple[set[str], set[str]]], full: Mapping[str, str
     tasks = [t for t in guard_tasks(s.sizes, seed) if t.name != "prose"]
     free = next((t for t in tasks if t.name == "capitals_free"), None)
     if free is not None and "collapse" in cell:  # the guard's collapse check reads the free replies' prompts
-        items = tuple({"id": "collapse/" + i["id"].split("/", 1)[1]} for i in free.items)
-        tasks.append(replace(load_task("collapse"), items=items))
+        tasks.append(collapse_task(free, None))
     for task in tasks:
         if task.name not in cell:
             continue
@@ -91,7 +97,7 @@ def replay(cell: Mapping[str, tuple[set[str], set[str]]], full: Mapping[str, str
         base, tuned = (good_then, good_now) if task.higher_is_better else (good_now, good_then)
         ones = [1.0] * len(ids)
         row = compare_task(TaskScores(task, base, ones), TaskScores(task, tuned, ones), s.thresholds, seed)
-        verdict = "pass" if _noise(row, s.unconfirmed_at) else row.verdict
+        verdict = "pass" if is_noise(row, s.unconfirmed_at) else row.verdict
         worst = max(worst, verdict, key=_results.ORDER.__getitem__)
     return worst
 

@@ -36,6 +36,7 @@ GUARD_PROSE = 4  # prose passages: a continuous signal that moves before accurac
 # forgetting benchmark (bench/forgetting/slices.py): the guard's verdict on the exported weights then
 # agrees with the full eval's general verdict most often.
 UNCONFIRMED_WARN = 0.20
+GUARD_RESAMPLES = 1000  # bootstrap draws per comparison: the guard runs at every evaluation
 
 
 class TrainingGuard:
@@ -52,7 +53,7 @@ class TrainingGuard:
         thresholds: Thresholds | None = None, seed: int = 0, shape: Shape | None = None,
     ):
         self.tokenizer = tokenizer
-        self.thresholds = replace(thresholds or Thresholds(), resamples=1000)
+        self.thresholds = replace(thresholds or Thresholds(), resamples=GUARD_RESAMPLES)
         self.seed = seed
         self.tasks = guard_tasks(GUARD_SIZES if sizes is None else sizes, seed, shape)
         self._baseline: dict[str, TaskScores] | None = None
@@ -67,7 +68,7 @@ class TrainingGuard:
         scores = self._score(model)
         rows = [_slice_verdict(r) for r in compare(self._baseline, scores, self.thresholds, self.seed)]
         flags = {r.task: r.verdict for r in rows if r.verdict != "pass"}
-        flags.update({r.task: "unconfirmed" for r in rows if _noise(r)})
+        flags.update({r.task: "unconfirmed" for r in rows if is_noise(r)})
         return self.metrics(scores), overall(rows), flags
 
     @staticmethod
@@ -83,13 +84,13 @@ class TrainingGuard:
             model.train(was_training)
 
 
-def _noise(row: Comparison, at: float | None = UNCONFIRMED_WARN) -> bool:
+def is_noise(row: Comparison, at: float | None = UNCONFIRMED_WARN) -> bool:
     """A rate's drop past the fail threshold that the slice cannot confirm and that is below `at` (None: any)."""
     return row.verdict == "warn" and not row.relative and not row.confirmed and (at is None or row.harm < at)
 
 
 def _slice_verdict(row: Comparison) -> Comparison:
-    return replace(row, verdict="pass", reason="unconfirmed: noise on a slice this small") if _noise(row) else row
+    return replace(row, verdict="pass", reason="unconfirmed: noise on a slice this small") if is_noise(row) else row
 
 
 def guard_tasks(sizes: Mapping[str, int], seed: int = 0, shape: Shape | None = None) -> list[Task]:
@@ -103,10 +104,15 @@ def guard_tasks(sizes: Mapping[str, int], seed: int = 0, shape: Shape | None = N
         tasks.append(replace(task, items=tuple(task.items[i] for i in sorted(picked))))
     free = next((t for t in tasks if t.scorer == "free"), None)
     if shape is not None and free is not None:
-        collapse = load_task("collapse")
-        items = tuple({"id": "collapse/" + i["id"].split("/", 1)[1], "prompt": i["prompt"]} for i in free.items)
-        tasks.append(replace(collapse, items=items, shape=shape))
+        tasks.append(collapse_task(free, shape))
     return tasks
+
+
+def collapse_task(free: Task, shape: Shape | None) -> Task:
+    """The `collapse` task on the prompts of a free-generation sample (`capitals_free/<key>` ->
+    `collapse/<key>`), judged against `shape`."""
+    items = tuple({"id": "collapse/" + i["id"].split("/", 1)[1], "prompt": i["prompt"]} for i in free.items)
+    return replace(load_task("collapse"), items=items, shape=shape)
 
 
 def replay_examples(n: int, seed: int) -> list[list[dict[str, str]]]:
