@@ -37,7 +37,9 @@ def test_guard_slice_is_small_seeded_and_spread_over_tasks():
     assert [len(t.items) for t in tasks] == [*SMALL.values(), GUARD_PROSE]
     assert [t.items for t in tasks] == [t.items for t in guard_tasks(SMALL, seed=0)]
     assert [t.items for t in tasks] != [t.items for t in guard_tasks(SMALL, seed=1)]
-    assert sum(GUARD_SIZES.values()) <= 80  # it runs at every evaluation
+    # it runs at every evaluation: a small teacher-forced slice; free generation dominates its cost
+    assert sum(v for k, v in GUARD_SIZES.items() if k != "capitals_free") <= 48
+    assert GUARD_SIZES["capitals_free"] <= len(load_task("capitals_free").items)
 
 
 def test_with_a_shape_the_slice_counts_collapse_on_the_free_replies():

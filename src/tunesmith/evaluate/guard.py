@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 
 # Items per task in the training guard's slice. The teacher-forced tasks catch a model losing knowledge;
 # the free-generation one catches it answering in the fine-tune's format, which teacher forcing misses.
-GUARD_SIZES: dict[str, int] = {"capitals": 16, "elements": 16, "arithmetic": 16, "capitals_free": 24}
+# The free sample is nearly the whole task (72 of 75): a drop of 15 points on plain questions, which the
+# full eval fails, hides in 24 questions (bench/forgetting/slices.py: 79 % agreement with 24, 98 % with 72).
+GUARD_SIZES: dict[str, int] = {"capitals": 16, "elements": 16, "arithmetic": 16, "capitals_free": 72}
 GUARD_TASKS = tuple(GUARD_SIZES)
 GUARD_PROSE = 4  # prose passages: a continuous signal that moves before accuracy does
 # On a slice this small an unconfirmed drop is mostly noise (two flipped items of 16 are 12.5 points, past
