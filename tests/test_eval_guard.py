@@ -95,3 +95,18 @@ def test_the_slice_calls_a_small_unconfirmed_drop_noise_and_flags_it():
     big = _row(12)  # 75 points: confirmed
     assert big.confirmed and _slice_verdict(big).verdict == "fail" and not is_noise(big)
     assert _slice_verdict(_row(0)).verdict == "pass" and not is_noise(_row(0))
+
+
+def test_check_flags_an_unconfirmed_drop_without_warning(tiny_tokenizer, monkeypatch):
+    """Interpolation toward the base reads the flag, so the noise rule must not swallow it."""
+    task = replace(load_task("elements"), items=load_task("elements").items[:16])
+    ones = [1.0] * 16
+    guard = TrainingGuard(tiny_tokenizer, sizes={"elements": 16})
+    guard.tasks = [task]
+    scripted = iter([[1.0] * 16, [0.0, 0.0] + [1.0] * 14, [0.0] * 12 + [1.0] * 4])
+    monkeypatch.setattr(guard, "_score", lambda model: {"elements": TaskScores(task, next(scripted), ones)})
+    guard.baseline(None)
+    _, verdict, flags = guard.check(None)  # two of 16 lost: noise on the slice, but flagged
+    assert verdict == "pass" and flags == {"elements": "unconfirmed"}
+    _, verdict, flags = guard.check(None)  # twelve lost: confirmed
+    assert verdict == "fail" and flags == {"elements": "fail"}

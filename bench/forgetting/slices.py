@@ -56,22 +56,18 @@ class Slice:
         return Thresholds(resamples=GUARD_RESAMPLES)
 
 
-X2 = {**GUARD_SIZES, "capitals": 32, "elements": 32, "arithmetic": 32}
-X3 = {**GUARD_SIZES, "capitals": 48, "elements": 48, "arithmetic": 48}
-SHIPPED = Slice("the guard's (unconfirmed from UNCONFIRMED_WARN)", GUARD_SIZES, UNCONFIRMED_WARN)
+FREE24 = {**GUARD_SIZES, "capitals_free": 24}  # the slice before issue 12's last change
+SHIPPED = Slice("the guard's (72 free, unconfirmed from UNCONFIRMED_WARN)", GUARD_SIZES, UNCONFIRMED_WARN)
 SLICES = (
-    Slice("the verdict's own rule", GUARD_SIZES),
-    Slice("unconfirmed from 15 pts", GUARD_SIZES, 0.15),
-    Slice("unconfirmed from 20 pts", GUARD_SIZES, 0.20),
-    Slice("confirmed only", GUARD_SIZES, None),
-    Slice("x2 teacher-forced", X2),
-    Slice("x2, unconfirmed from 15 pts", X2, 0.15),
-    Slice("x2, confirmed only", X2, None),
-    Slice("x3 teacher-forced", X3),
-    Slice("x3, confirmed only", X3, None),
-    Slice("free x2, unconfirmed from 20 pts", {**GUARD_SIZES, "capitals_free": 48}, 0.20),
-    Slice("free x3, unconfirmed from 20 pts", {**GUARD_SIZES, "capitals_free": 72}, 0.20),
-    Slice("free x3, x2 teacher-forced, unconfirmed from 20 pts", {**X2, "capitals_free": 72}, 0.20),
+    Slice("72 free, the verdict's own rule", GUARD_SIZES),
+    Slice("72 free, unconfirmed from 15 pts", GUARD_SIZES, 0.15),
+    Slice("72 free, confirmed only", GUARD_SIZES, None),
+    Slice("72 free, x2 teacher-forced, unconfirmed from 20 pts",
+          {**GUARD_SIZES, "capitals": 32, "elements": 32, "arithmetic": 32}, 0.20),
+    Slice("48 free, unconfirmed from 20 pts", {**GUARD_SIZES, "capitals_free": 48}, 0.20),
+    Slice("24 free, the verdict's own rule", FREE24),
+    Slice("24 free, unconfirmed from 20 pts", FREE24, 0.20),
+    Slice("24 free, confirmed only", FREE24, None),
 )
 
 

@@ -68,9 +68,10 @@ class TrainingGuard:
         if self._baseline is None:
             raise RuntimeError("TrainingGuard.check() called before baseline()")
         scores = self._score(model)
-        rows = [_slice_verdict(r) for r in compare(self._baseline, scores, self.thresholds, self.seed)]
+        raw = compare(self._baseline, scores, self.thresholds, self.seed)
+        rows = [_slice_verdict(r) for r in raw]
         flags = {r.task: r.verdict for r in rows if r.verdict != "pass"}
-        flags.update({r.task: "unconfirmed" for r in rows if is_noise(r)})
+        flags.update({r.task: "unconfirmed" for r in raw if is_noise(r)})
         return self.metrics(scores), overall(rows), flags
 
     @staticmethod
