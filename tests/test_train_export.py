@@ -155,6 +155,24 @@ def test_a_fine_tune_the_guard_only_warns_on_teacher_forced_goes_no_lower_than_t
     assert [t.scale for t in trials] == [1.0, 0.8, 0.6] and pick.scale == 0.6
 
 
+def test_a_warning_that_gives_way_to_an_unconfirmed_drop_moves_one_step():
+    """The forgetting benchmark's teams cell: prose warns on the fine-tune, at 0.8 only an unconfirmed
+    2-item elements drop is left, which concerns less; a lone unconfirmed drop also goes no lower than 0.8."""
+    assert wise.concern("warn", {"prose": "warn", "elements": "unconfirmed"}) > wise.concern(
+        "pass", {"elements": "unconfirmed"}) > wise.concern("pass", {})
+    first = wise.Trial(1.0, 1.0, "warn", {}, {"prose": "warn", "elements": "unconfirmed"})
+    fake = _Fake()
+    table = {0.8: (1.1, "pass", {"elements": "unconfirmed"}), 0.6: (1.2, "pass", {})}
+    pick, trials = wise.choose_scale(fake, lambda: (*table[fake.scale][:2], {}, table[fake.scale][2]),
+                                     base_loss=3.0, first=first)
+    assert [t.scale for t in trials] == [1.0, 0.8] and pick.scale == 0.8 and fake.scale == 0.8
+    fake = _Fake()
+    first = wise.Trial(1.0, 1.0, "pass", {}, {"elements": "unconfirmed"})
+    pick, trials = wise.choose_scale(fake, lambda: (*table[fake.scale][:2], {}, table[fake.scale][2]),
+                                     base_loss=3.0, first=first)
+    assert [t.scale for t in trials] == [1.0, 0.8] and pick.scale == 1.0  # equal concern: the larger scale
+
+
 def test_full_fine_tune_interpolation_is_a_lerp_of_the_weights(tiny_model_dir):
     tuned, base = load_model(str(tiny_model_dir)), load_model(str(tiny_model_dir))
     with torch.no_grad():

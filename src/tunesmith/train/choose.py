@@ -68,8 +68,9 @@ class Scaling:
     def record(self) -> dict[str, Any]:
         return {"scale": self.chosen.scale if self.chosen else 1.0, "how": self.how, "note": self.note,
                 "rule": f"largest of {', '.join(map(str, wise.SCALES))} with the least concern to the guard "
-                        f"(fail, then free generation, then a teacher-forced task alone, which goes no lower than "
-                        f"{wise.FLOOR[1]:g}), keeping >= {wise.MIN_KEPT:.0%} of the eval-loss gain"
+                        f"(fail, then free generation, then a teacher-forced warning, then an unconfirmed drop; "
+                        f"the last two go no lower than {wise.FLOOR[1]:g}), "
+                        f"keeping >= {wise.MIN_KEPT:.0%} of the eval-loss gain"
                         if self.how == "auto" else None,
                 "trials": [t.to_dict() for t in self.trials]}
 

@@ -11,11 +11,12 @@ task and undoes the forgetting.
 - Full fine-tuning: every trained weight becomes lerp(W0, W1, s); W0 is read from the base model's files.
 
 `choose_scale` picks s at the end of training, by how much the exported weights *concern* the forgetting
-guard (`concern`): it fails them; a free-generation check is flagged (`FREE_TASKS`: the plain question's
-answer, format collapse: what a user sees); or a teacher-forced task alone is flagged (it warns, or drops
-past the fail threshold without the slice confirming it). The last is as often noise as not (on the guard's
-16-item slices that is two flipped items; the forgetting benchmark measured such a flag driving the scale
-to 0.4 and costing 22 points of the target), so it may move the weights one step only (`FLOOR`).
+guard (`concern`), most first: it fails them; a free-generation check is flagged (`FREE_TASKS`: the plain
+question's answer, format collapse: what a user sees); a teacher-forced task alone warns; or one only drops
+past the fail threshold without the slice confirming it. The last two are as often noise as not (on the
+guard's 16-item slices that is two flipped items; the forgetting benchmark measured such a flag driving the
+scale to 0.4 and costing 22 points of the target), so they may move the weights one step only (`FLOOR`);
+a scale where a warning gives way to an unconfirmed drop is less concerning, and preferred.
 
 The choice: the largest scale down to the floor without concern that keeps at least `MIN_KEPT` of the
 eval-loss gain the fine-tune made over the base; when none is without concern, the least concerning of
@@ -83,17 +84,20 @@ class Trial:
 
 
 def concern(verdict: str, flags: dict[str, str]) -> int:
-    """How much the guard's say calls for moving toward the base: 3 it fails; 2 a free-generation check is
-    flagged; 1 a teacher-forced task alone is (a warning, or a drop the slice cannot confirm); 0 neither."""
+    """How much the guard's say calls for moving toward the base: 4 it fails; 3 a free-generation check is
+    flagged; 2 a teacher-forced task alone warns; 1 one only drops by a size the slice cannot confirm
+    (flagged "unconfirmed"); 0 none of these."""
     if verdict == "fail":
-        return 3
+        return 4
     if any(t in flags for t in FREE_TASKS):
+        return 3
+    if verdict != "pass":
         return 2
-    return 1 if verdict != "pass" or flags else 0
+    return 1 if flags else 0
 
 
-# The smallest scale each concern of the fine-tune itself may move to: a teacher-forced warn alone one step.
-FLOOR = {1: 0.8, 2: min(SCALES), 3: min(SCALES)}
+# The smallest scale each concern of the fine-tune itself may move to: a teacher-forced flag alone one step.
+FLOOR = {1: 0.8, 2: 0.8, 3: min(SCALES), 4: min(SCALES)}
 
 
 def _concern(t: Trial) -> int:
