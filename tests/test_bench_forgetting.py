@@ -338,3 +338,23 @@ def test_slice_replay_of_a_two_item_drop_warns_unless_only_confirmed_drops_count
     assert slices.replay(cell, {}, slices.Slice("from 15", s.sizes, 0.15), 0) == "pass"
     assert slices.replay({"elements": (set(picked[:3]), set())}, {}, slices.Slice("from 15", s.sizes, 0.15), 0) in (
         "warn", "fail")  # three: 18.8 points
+
+
+# ------------------------------------------------------------------------------------ guard prose replay
+def test_prose_replay_draws_the_guards_passages_and_judges_them_as_the_guard_does():
+    import prose
+
+    from tunesmith.evaluate import guard
+    from tunesmith.evaluate.suite import TaskScores, load_task
+
+    task = load_task("prose")
+    picked = prose.guard_sample(guard.GUARD_PROSE, 3)
+    assert picked.items == next(t for t in guard.guard_tasks(guard.GUARD_SIZES, 3) if t.name == "prose").items
+    assert len(prose.guard_sample(4, 3).items) == 4 and len(picked.items) == guard.GUARD_PROSE  # restored
+    n = len(task.items)
+    base = TaskScores(task, [3.0 * (k + 1) for k in range(n)], [float(k + 1) for k in range(n)])  # ppl e^3
+    assert prose.subset(base, picked).num == [base.num[[i["id"] for i in task.items].index(i["id"])]
+                                              for i in picked.items]
+    assert prose.agreement(base, base, 4, 10) == ("pass", 1.0)
+    worse = TaskScores(task, [x * 1.2 for x in base.num], base.den)  # e^3.6 / e^3: +82 % on every passage
+    assert prose.agreement(base, worse, 4, 10) == ("fail", 1.0)
