@@ -350,7 +350,7 @@ def test_prose_replay_draws_the_guards_passages_and_judges_them_as_the_guard_doe
     task = load_task("prose")
     picked = prose.guard_sample(guard.GUARD_PROSE, 3)
     assert picked.items == next(t for t in guard.guard_tasks(guard.GUARD_SIZES, 3) if t.name == "prose").items
-    assert len(prose.guard_sample(4, 3).items) == 4 and len(picked.items) == guard.GUARD_PROSE  # restored
+    assert len(prose.guard_sample(4, 3).items) == 4 and len(picked.items) == guard.GUARD_PROSE
     n = len(task.items)
     base = TaskScores(task, [3.0 * (k + 1) for k in range(n)], [float(k + 1) for k in range(n)])  # ppl e^3
     assert prose.subset(base, picked).num == [base.num[[i["id"] for i in task.items].index(i["id"])]

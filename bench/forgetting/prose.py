@@ -34,14 +34,8 @@ def subset(scores: TaskScores, picked: Task) -> TaskScores:
 
 
 def guard_sample(n: int, seed: int) -> Task:
-    """The guard's prose passages with `n` of them, drawn with `seed` (the other tasks drawn first, as the
-    guard does, so the random stream is the same)."""
-    saved = guard.GUARD_PROSE
-    guard.GUARD_PROSE = n
-    try:
-        return next(t for t in guard.guard_tasks(guard.GUARD_SIZES, seed) if t.name == "prose")
-    finally:
-        guard.GUARD_PROSE = saved
+    """The guard's prose passages with `n` of them, drawn with `seed` as the guard draws them."""
+    return next(t for t in guard.guard_tasks(guard.GUARD_SIZES, seed, prose=n) if t.name == "prose")
 
 
 def agreement(base: TaskScores, tuned: TaskScores, n: int, draws: int) -> tuple[str, float]:

@@ -99,12 +99,13 @@ def _slice_verdict(row: Comparison) -> Comparison:
     return replace(row, verdict="pass", reason="unconfirmed: noise on a slice this small") if is_noise(row) else row
 
 
-def guard_tasks(sizes: Mapping[str, int], seed: int = 0, shape: Shape | None = None) -> list[Task]:
-    """A seeded sample of `sizes[task]` items of each task, plus GUARD_PROSE prose passages; with a `shape`,
+def guard_tasks(sizes: Mapping[str, int], seed: int = 0, shape: Shape | None = None,
+                prose: int = GUARD_PROSE) -> list[Task]:
+    """A seeded sample of `sizes[task]` items of each task, plus `prose` prose passages; with a `shape`,
     a `collapse` task on the prompts of the `capitals_free` sample (their replies are generated once)."""
     rng = random.Random(seed)
     tasks = []
-    for name, k in [*sizes.items(), ("prose", GUARD_PROSE)]:
+    for name, k in [*sizes.items(), ("prose", prose)]:
         task = load_task(name)
         picked = rng.sample(range(len(task.items)), min(k, len(task.items)))
         tasks.append(replace(task, items=tuple(task.items[i] for i in sorted(picked))))
