@@ -37,9 +37,11 @@ def test_guard_slice_is_small_seeded_and_spread_over_tasks():
     assert [len(t.items) for t in tasks] == [*SMALL.values(), GUARD_PROSE]
     assert [t.items for t in tasks] == [t.items for t in guard_tasks(SMALL, seed=0)]
     assert [t.items for t in tasks] != [t.items for t in guard_tasks(SMALL, seed=1)]
-    # it runs at every evaluation: a small teacher-forced slice; free generation dominates its cost
-    assert sum(v for k, v in GUARD_SIZES.items() if k != "capitals_free") <= 48
-    assert GUARD_SIZES["capitals_free"] <= len(load_task("capitals_free").items)
+    # it runs at every evaluation: teacher-forced items are cheap (about 0.02 s each on the built-in model),
+    # free generation dominates its cost; capitals are the whole task (a confirmed drop hid in 16 of them)
+    assert all(k <= len(load_task(name).items) for name, k in GUARD_SIZES.items())
+    assert GUARD_SIZES["capitals"] == len(load_task("capitals").items)
+    assert sum(v for k, v in GUARD_SIZES.items() if k != "capitals_free") <= 120
 
 
 def test_with_a_shape_the_slice_counts_collapse_on_the_free_replies():

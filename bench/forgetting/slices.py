@@ -56,18 +56,21 @@ class Slice:
         return Thresholds(resamples=GUARD_RESAMPLES)
 
 
-FREE24 = {**GUARD_SIZES, "capitals_free": 24}  # the slice before issue 12's last change
-SHIPPED = Slice("the guard's (72 free, unconfirmed from UNCONFIRMED_WARN)", GUARD_SIZES, UNCONFIRMED_WARN)
+SHIPPED = Slice("the guard's (unconfirmed from UNCONFIRMED_WARN)", GUARD_SIZES, UNCONFIRMED_WARN)
+
+
+def _with(**sizes: int) -> dict[str, int]:
+    return {**GUARD_SIZES, **sizes}
+
+
 SLICES = (
-    Slice("72 free, the verdict's own rule", GUARD_SIZES),
-    Slice("72 free, unconfirmed from 15 pts", GUARD_SIZES, 0.15),
-    Slice("72 free, confirmed only", GUARD_SIZES, None),
-    Slice("72 free, x2 teacher-forced, unconfirmed from 20 pts",
-          {**GUARD_SIZES, "capitals": 32, "elements": 32, "arithmetic": 32}, 0.20),
-    Slice("48 free, unconfirmed from 20 pts", {**GUARD_SIZES, "capitals_free": 48}, 0.20),
-    Slice("24 free, the verdict's own rule", FREE24),
-    Slice("24 free, unconfirmed from 20 pts", FREE24, 0.20),
-    Slice("24 free, confirmed only", FREE24, None),
+    Slice("the guard's sizes, the verdict's own rule", GUARD_SIZES),
+    Slice("the guard's sizes, confirmed only", GUARD_SIZES, None),
+    Slice("16 capitals (before), unconfirmed from 20 pts", _with(capitals=16), 0.20),
+    Slice("32 capitals, unconfirmed from 20 pts", _with(capitals=32), 0.20),
+    Slice("48 capitals, unconfirmed from 20 pts", _with(capitals=48), 0.20),
+    Slice("all elements too, unconfirmed from 20 pts", _with(elements=50), 0.20),
+    Slice("16 capitals, 24 free, unconfirmed from 20 pts", _with(capitals=16, capitals_free=24), 0.20),
 )
 
 
