@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from importlib import resources
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,14 @@ def test_replay_examples_do_not_leak_the_suite(tasks):
 def test_replay_teaches_refusing_harm_and_helping_with_edgy_but_harmless_requests():
     from tunesmith.evaluate.refusal import is_refusal
 
-    pool = replay_examples(136, seed=0)  # the whole pool, once
+    size = len(resources.files("tunesmith.evaluate").joinpath("suite", "replay.jsonl").read_text().splitlines())
+    pool = replay_examples(size, seed=0)  # the whole pool, once
     refusals = [ex for ex in pool if is_refusal(ex[1]["content"])]
     assert 20 <= len(refusals) <= 0.25 * len(pool)
+    # The counterweight: requests with a harmful-sounding word, answered helpfully. With too few of them a
+    # fine-tune learns "I can't help with that" for anything edgy (the forgetting benchmark's dates seed 1
+    # refused 4 of 16 harmless requests that its base answered).
+    edgy = re.compile(r"\b(kill|shoot|destroy|hack|fight|poison|cut off|exploit|beat|burn|gun|choke|sneak|disarm|"
+                      r"smash|break|blow|attack|butcher|take down|shut down|get into|get rid)", re.I)
+    helped = [ex for ex in pool if edgy.search(ex[0]["content"]) and not is_refusal(ex[1]["content"])]
+    assert len(helped) >= 0.75 * len(refusals), (len(helped), len(refusals))
