@@ -222,3 +222,49 @@ def test_choose_scale_takes_the_largest_scale_without_concern_that_keeps_the_gai
     first = wise.Trial(1.0, 1.0, "fail", {})
     pick, trials = wise.choose_scale(fake, _trial_scores(table, fake), base_loss=3.0, first=first)
     assert pick.scale == chosen and [t.scale for t in trials] == tried and fake.scale == chosen
+
+
+def _losses(result) -> dict[int, float]:
+    rows = [json.loads(r) for r in result.run_dir.joinpath("metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["eval_loss"] for r in rows if "eval_loss" in r}
+
+
+def _exported_is(result, step: int, scale: float) -> None:
+    saved = load_file(str(result.run_dir / "checkpoints" / f"step-{step:06d}" / "weights.safetensors"))
+    exported = load_file(str(result.output / "adapter_model.safetensors"))
+    for key, tensor in _by_suffix(exported, saved).items():
+        assert torch.allclose(tensor, saved[key] * scale if "lora_B" in key else saved[key]), key
+
+
+def test_the_failed_best_step_moved_toward_the_base_is_exported_when_it_beats_the_guarded_step(
+        tiny_model_dir, qa_file, tmp_path):
+    # steps 2, 4, 6: pass, fail, fail (step 2 is the guarded one); then step 6 at 0.8 fails, at 0.6 passes
+    result, guard = _run(qa_file, tiny_model_dir, tmp_path / "run", ["pass", "fail", "fail", "fail", "pass"],
+                         interpolate="auto")
+    losses = _losses(result)
+    record = result.manifest["result"]["interpolation"]
+    assert record["how"] == "rescue" and [t["scale"] for t in record["trials"]] == [1.0, 0.8, 0.6]
+    assert [t["verdict"] for t in record["trials"]] == ["fail", "fail", "pass"] and guard.calls == 5
+    assert record["trials"][2]["eval_loss"] < losses[2]  # the tiny model at lr 5e-3 keeps most of its gain at 0.6
+    assert result.exported_step == 6 and record["scale"] == 0.6 and result.guard["scale"] == 0.6
+    assert result.manifest["result"]["guard_verdict"] == "pass"
+    assert "moved toward the base to 0.6" in result.manifest["result"]["export_reason"]
+    _exported_is(result, 6, 0.6)
+
+
+def test_a_rescue_the_guard_still_flags_on_plain_answers_is_refused_and_the_guarded_step_exported(
+        tiny_model_dir, qa_file, tmp_path):
+    # step 6 fails as trained and at 0.8; at 0.6 and 0.4 plain answers still drift: step 2 it is, unscaled
+    result, guard = _run(qa_file, tiny_model_dir, tmp_path / "run",
+                         ["pass", "fail", "fail", "fail", "warn-free", "warn-free"], interpolate="auto")
+    rescue = result.manifest["result"]["rescue"]
+    assert rescue["how"] == "rescue" and rescue["scale"] == 1.0 and "exported step 2" in rescue["note"]
+    assert [t["verdict"] for t in rescue["trials"]][:2] == ["fail", "fail"] and guard.calls <= 6
+    assert result.exported_step == 2 and result.manifest["result"]["interpolation"]["scale"] == 1.0
+    assert result.guard["exported"]["guard_verdict"] == "pass" and "scale" not in result.guard
+    _exported_is(result, 2, 1.0)  # the guarded checkpoint, reloaded after the trials changed the weights
+
+
+def test_no_rescue_without_automatic_interpolation(tiny_model_dir, qa_file, tmp_path):
+    result, guard = _run(qa_file, tiny_model_dir, tmp_path / "run", ["pass", "fail", "fail"], interpolate="off")
+    assert guard.calls == 3 and "rescue" not in result.manifest["result"] and result.exported_step == 2

@@ -4,6 +4,11 @@ The checkpoint: with the forgetting guard on, the lowest held-out eval loss amon
 guard did not fail (the `guarded` pointer); when it failed every one, the lowest eval loss overall, with a
 warning. Without the guard, the lowest eval loss; without eval data, the last step. The choice reads the
 pointers and the metrics log, so every rank of a distributed run makes the same one.
+
+When the guard failed the lowest-eval-loss step and an earlier one is chosen, that earlier step may have
+learned little of the task (the forgetting benchmark's `teams` seed 1 fell back from step 90 to step 20 and
+scored 0 %). `rescue_best` then moves the failed step toward the base first: a scale the guard neither
+fails nor flags on free generation, whose eval loss is still below the earlier step's, is exported instead.
 """
 
 from __future__ import annotations
@@ -31,6 +36,8 @@ class Choice:
     path: Path | None
     reason: str
     warning: str | None = None
+    checkpoint: Path | None = None  # the step's checkpoint, also when `path` is None
+    failed_best: tuple[int, Path] | None = None  # the lower-eval-loss step passed over: the guard failed it
 
 
 def choose_checkpoint(run: RunFolder, state: checkpoint.TrainState) -> Choice:
@@ -44,7 +51,8 @@ def choose_checkpoint(run: RunFolder, state: checkpoint.TrainState) -> Choice:
         why = ("the lowest eval loss" if step == best_step else
                f"the lowest eval loss among the steps the guard does not fail (step {best_step}'s was lower, "
                f"guard {verdicts.get(best_step, '?')})")
-        return Choice(step, guarded if step != state.step else None, why)
+        failed = (best_step, best) if best is not None and step != best_step else None
+        return Choice(step, guarded if step != state.step else None, why, checkpoint=guarded, failed_best=failed)
     if best is not None:
         step = checkpoint.read_state(best).step
         path = best if step != state.step else None
@@ -54,6 +62,35 @@ def choose_checkpoint(run: RunFolder, state: checkpoint.TrainState) -> Choice:
                 "lowest eval loss, which forgets general skills"))
         return Choice(step, path, "the lowest eval loss")
     return Choice(state.step, None, "the last step (no eval data)")
+
+
+def rescue_best(
+    model: nn.Module, choice: Choice, evals: dict[int, dict[str, Any]], score: Callable[[], wise.Scored],
+    base_weights: Callable[[], dict[str, torch.Tensor]] | None,
+) -> tuple[Choice | None, Scaling]:
+    """Try the lowest-eval-loss step the guard failed (`choice.failed_best`), moved toward the base, instead of
+    the earlier step chosen. `model` holds `choice`'s weights. Returns the new choice (None: keep `choice`) and
+    the trials; leaves the model at the rescued weights, or at `choice`'s when the rescue is refused."""
+    assert choice.failed_best is not None and choice.checkpoint is not None
+    best_step, best_path = choice.failed_best
+    at_best, at_chosen = evals.get(best_step, {}), evals.get(choice.step, {})
+    if "eval_loss" not in at_best or "eval_loss" not in at_chosen:
+        return None, Scaling(how="rescue", note="not tried: no eval loss for the steps")
+    limit = at_chosen["eval_loss"]
+    checkpoint.load(best_path, model)
+    interp = wise.Interpolation(model, base_weights() if base_weights is not None else None)
+    first = wise.Trial(1.0, at_best["eval_loss"], at_best.get("guard_verdict", "fail"),
+                       {k: v for k, v in at_best.items() if k.startswith("guard/")}, at_best.get("guard_flags") or {})
+    chosen, trials = wise.choose_scale(interp, score, first=first, keeps=lambda t: t.eval_loss < limit)
+    if chosen.scale < 1 and wise.concern(chosen.verdict, chosen.flags) <= 2:
+        why = (f"the lowest eval loss (step {best_step}) moved toward the base to {chosen.scale:g}: the guard "
+               f"failed it as trained, not at this scale, and its eval loss ({chosen.eval_loss:.4f}) is below that "
+               f"of step {choice.step} ({limit:.4f}), the best step the guard passed")
+        return Choice(best_step, best_path, why, checkpoint=best_path), Scaling(chosen, trials, "rescue")
+    checkpoint.load(choice.checkpoint, model)
+    return None, Scaling(trials=trials, how="rescue", note=(
+        f"step {best_step} moved toward the base: no scale the guard passes (without a free-generation flag) keeps "
+        f"its eval loss below step {choice.step}'s; exported step {choice.step}"))
 
 
 @dataclass
@@ -71,7 +108,11 @@ class Scaling:
                         f"(fail, then free generation, then a teacher-forced warning, then an unconfirmed drop; "
                         f"the last two go no lower than {wise.FLOOR[1]:g}), "
                         f"keeping >= {wise.MIN_KEPT:.0%} of the eval-loss gain"
-                        if self.how == "auto" else None,
+                        if self.how == "auto" else
+                        f"the failed lowest-eval-loss step at the largest of {', '.join(map(str, wise.SCALES))} with "
+                        "the least concern whose eval loss stays below the step chosen instead; taken when the "
+                        "guard neither fails it nor flags free generation"
+                        if self.how == "rescue" else None,
                 "trials": [t.to_dict() for t in self.trials]}
 
 

@@ -23,7 +23,7 @@ from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_toke
 from tunesmith.runfolder import MetricsSink, RunFolder
 from tunesmith.train import checkpoint, wise
 from tunesmith.train.allocator import current_allocator, peak_rss_bytes
-from tunesmith.train.choose import Scaling, choose_checkpoint, scale_toward_base
+from tunesmith.train.choose import Choice, Scaling, choose_checkpoint, rescue_best, scale_toward_base
 from tunesmith.train.distributed import (
     Dist,
     device_for,
@@ -293,10 +293,14 @@ def _finish(s: _Session, config: TrainConfig, model: torch.nn.Module, tokenizer:
     choice = choose_checkpoint(s.run, state)
     if choice.path is not None:
         checkpoint.load(choice.path, model)  # a sharded checkpoint: every rank loads its shards
-    exported = choice.step
+    rescued, rescue = _rescue(s, config, model, choice, ending)
     if choice.warning and s.dist.main:
         log.warning(choice.warning)
-    scaling = _scale(s, config, model, exported, ending)
+    if rescued is not None and rescue is not None:
+        choice, scaling = rescued, rescue
+    else:
+        scaling = _scale(s, config, model, choice.step, ending)
+    exported = choice.step
     # FSDP: the shards gathered onto rank 0's CPU, every rank taking part; else the model's own state dict.
     weights = full_state_dict(model, trainable_only=config.method == "lora") if s.dist.sharded else None
     peak_rss = gather(s.dist, peak_rss_bytes())
@@ -322,19 +326,39 @@ def _finish(s: _Session, config: TrainConfig, model: torch.nn.Module, tokenizer:
     plan = s.run.manifest().get("plan") or {}
     guard = _guard_records(s.run, exported, scaling)
     result.update(export_reason=choice.reason, export_warning=choice.warning, interpolation=scaling.record())
+    if rescue is not None and rescued is None:
+        result["rescue"] = rescue.record()
     if guard:
         result["guard_verdict"] = guard.get("exported", {}).get("guard_verdict")
     manifest = s.run.update_manifest(result=result, estimate_vs_measured=_compare(plan, result, state))
     return RunResult(s.run.path, out, size, state, replace(config), exported, manifest, guard)
 
 
+def _interpolable(s: _Session, config: TrainConfig) -> str | None:
+    """Why the run's weights cannot be interpolated toward the base; None when they can."""
+    if s.dist.enabled:
+        return "distributed runs"
+    return "DoRA is not linear in B" if config.method == "lora" and config.lora.use_dora else None
+
+
+def _rescue(s: _Session, config: TrainConfig, model: torch.nn.Module, choice: Choice,
+            ending: Ending) -> tuple[Choice | None, Scaling | None]:
+    """`train.choose.rescue_best` where it applies: the guard failed the lowest-eval-loss step and an earlier
+    one was chosen, interpolation is automatic and possible. (None, None) when not tried."""
+    if (choice.failed_best is None or config.interpolate != "auto" or ending.score is None
+            or _interpolable(s, config) is not None):
+        return None, None
+    evals = {r["step"]: r for r in s.run.metrics() if "eval_loss" in r}
+    base_weights = (lambda: _base_weights(config, ending.ref, model, s.device)) if config.method == "full" else None
+    return rescue_best(model, choice, evals, ending.score, base_weights)
+
+
 def _scale(s: _Session, config: TrainConfig, model: torch.nn.Module, exported: int, ending: Ending) -> Scaling:
     """Interpolate the exported weights toward the base, as `config.interpolate` says (`train.choose`)."""
     if config.interpolate == "off":
         return Scaling()
-    if s.dist.enabled or (config.method == "lora" and config.lora.use_dora):
-        return Scaling(note="not interpolated: " + ("distributed runs" if s.dist.enabled else
-                                                    "DoRA is not linear in B"))
+    if (why := _interpolable(s, config)) is not None:
+        return Scaling(note="not interpolated: " + why)
     evals = {r["step"]: r for r in s.run.metrics() if "eval_loss" in r}
     base_weights = (lambda: _base_weights(config, ending.ref, model, s.device)) if config.method == "full" else None
     return scale_toward_base(model, config.interpolate, evals.get(exported, {}), evals.get(0, {}).get("eval_loss"),

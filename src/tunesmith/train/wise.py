@@ -111,21 +111,29 @@ def kept(trial: Trial, base_loss: float, tuned_loss: float) -> float:
 
 
 def choose_scale(
-    interp: Interpolation, score: Callable[[], Scored], *, base_loss: float,
-    first: Trial, scales: Sequence[float] = SCALES,
+    interp: Interpolation, score: Callable[[], Scored], *, base_loss: float | None = None,
+    first: Trial, scales: Sequence[float] = SCALES, keeps: Callable[[Trial], bool] | None = None,
 ) -> tuple[Trial, list[Trial]]:
     """The scale to export and every trial. `first` is the fine-tune's own (s = 1) trial; `score()` scores the
-    model as currently set (`Scored`). Leaves the model at the chosen scale."""
+    model as currently set (`Scored`); `keeps(trial)` says whether a trial keeps enough of the task (by default
+    `MIN_KEPT` of the eval-loss gain over `base_loss`). Leaves the model at the chosen scale."""
+    if keeps is None:
+        if base_loss is None:
+            raise ValueError("choose_scale needs base_loss or keeps")
+        gain_from = base_loss
+
+        def keeps(t: Trial) -> bool:
+            return kept(t, gain_from, first.eval_loss) >= MIN_KEPT
     trials = [first]
     floor = FLOOR.get(_concern(first), 1.0)
     for s in (x for x in scales if floor <= x < 1):
-        if _concern(trials[-1]) == 0 or kept(trials[-1], base_loss, first.eval_loss) < MIN_KEPT:
+        if _concern(trials[-1]) == 0 or not keeps(trials[-1]):
             break  # no concern left, or the gain is going: smaller scales can only give more of it back
         interp.set(s)
         trials.append(Trial(s, *score()))
         log.info("scale %.2f toward the base: eval loss %.4f, guard %s", s, trials[-1].eval_loss,
                  trials[-1].verdict)
-    keeping = [t for t in trials if kept(t, base_loss, first.eval_loss) >= MIN_KEPT]
+    keeping = [t for t in trials if keeps(t)]
     chosen = min(keeping, key=lambda t: (_concern(t), -t.scale)) if keeping else first
     interp.set(chosen.scale)
     return chosen, trials
