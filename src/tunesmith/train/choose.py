@@ -79,9 +79,8 @@ def rescue_best(
     limit = at_chosen["eval_loss"]
     checkpoint.load(best_path, model)
     interp = wise.Interpolation(model, base_weights() if base_weights is not None else None)
-    first = wise.Trial(1.0, at_best["eval_loss"], at_best.get("guard_verdict", "fail"),
-                       {k: v for k, v in at_best.items() if k.startswith("guard/")}, at_best.get("guard_flags") or {})
-    chosen, trials = wise.choose_scale(interp, score, first=first, keeps=lambda t: t.eval_loss < limit)
+    chosen, trials = wise.choose_scale(interp, score, first=wise.Trial.of_step(at_best),
+                                       keeps=lambda t: t.eval_loss < limit)
     if chosen.scale < 1 and wise.concern(chosen.verdict, chosen.flags) <= 2:
         why = (f"the lowest eval loss (step {best_step}) moved toward the base to {chosen.scale:g}: the guard "
                f"failed it as trained, not at this scale, and its eval loss ({chosen.eval_loss:.4f}) is below that "
@@ -141,7 +140,5 @@ def scale_toward_base(
         interp.set(float(setting))
         trials = [wise.Trial(float(setting), *score())] if score is not None else []
         return Scaling(trials[0] if trials else wise.Trial(float(setting), float("nan"), "-", {}), trials, "fixed")
-    first = wise.Trial(1.0, at_step["eval_loss"], at_step["guard_verdict"],
-                       {k: v for k, v in at_step.items() if k.startswith("guard/")}, flags)
-    chosen, trials = wise.choose_scale(interp, score, base_loss=base_loss, first=first)
+    chosen, trials = wise.choose_scale(interp, score, base_loss=base_loss, first=wise.Trial.of_step(at_step))
     return Scaling(chosen, trials, "auto")

@@ -348,9 +348,17 @@ def _rescue(s: _Session, config: TrainConfig, model: torch.nn.Module, choice: Ch
     if (choice.failed_best is None or config.interpolate != "auto" or ending.score is None
             or _interpolable(s, config) is not None):
         return None, None
+    evals, base_weights = _toward_base(s, config, model, ending)
+    return rescue_best(model, choice, evals, ending.score, base_weights)
+
+
+def _toward_base(s: _Session, config: TrainConfig, model: torch.nn.Module, ending: Ending,
+                 ) -> tuple[dict[int, dict[str, Any]], Callable[[], dict[str, torch.Tensor]] | None]:
+    """What interpolating needs: the evaluated steps' metrics records by step, and a reader of W0 for full
+    fine-tuning (None for LoRA, whose W0 is B = 0)."""
     evals = {r["step"]: r for r in s.run.metrics() if "eval_loss" in r}
     base_weights = (lambda: _base_weights(config, ending.ref, model, s.device)) if config.method == "full" else None
-    return rescue_best(model, choice, evals, ending.score, base_weights)
+    return evals, base_weights
 
 
 def _scale(s: _Session, config: TrainConfig, model: torch.nn.Module, exported: int, ending: Ending) -> Scaling:
@@ -359,8 +367,7 @@ def _scale(s: _Session, config: TrainConfig, model: torch.nn.Module, exported: i
         return Scaling()
     if (why := _interpolable(s, config)) is not None:
         return Scaling(note="not interpolated: " + why)
-    evals = {r["step"]: r for r in s.run.metrics() if "eval_loss" in r}
-    base_weights = (lambda: _base_weights(config, ending.ref, model, s.device)) if config.method == "full" else None
+    evals, base_weights = _toward_base(s, config, model, ending)
     return scale_toward_base(model, config.interpolate, evals.get(exported, {}), evals.get(0, {}).get("eval_loss"),
                              ending.score, base_weights)
 

@@ -82,6 +82,12 @@ class Trial:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "eval_loss": round(self.eval_loss, 6)}
 
+    @classmethod
+    def of_step(cls, record: dict[str, Any]) -> Trial:
+        """The trained weights' own trial (s = 1), from an evaluated step's metrics record."""
+        return cls(1.0, record["eval_loss"], record["guard_verdict"],
+                   {k: v for k, v in record.items() if k.startswith("guard/")}, record.get("guard_flags") or {})
+
 
 def concern(verdict: str, flags: dict[str, str]) -> int:
     """How much the guard's say calls for moving toward the base: 4 it fails; 3 a free-generation check is
