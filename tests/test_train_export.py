@@ -45,8 +45,7 @@ def _run(qa_file, model_dir, out, verdicts, **kw):
 def test_export_is_the_best_step_the_guard_does_not_fail_and_its_checkpoint_survives(tiny_model_dir, qa_file,
                                                                                      tmp_path):
     result, _ = _run(qa_file, tiny_model_dir, tmp_path / "run", ["pass", "fail", "fail"], interpolate="off")
-    losses = {r["step"]: r["eval_loss"] for r in result.run_dir.joinpath("metrics.jsonl").read_text().splitlines()
-              for r in [json.loads(r)] if "eval_loss" in r}
+    losses = _losses(result)
     assert losses[6] < losses[2]  # the loss kept falling: by eval loss alone step 6 would be exported
     assert result.exported_step == 2 and result.guard["exported"]["guard_verdict"] == "pass"
     assert "among the steps the guard does not fail" in result.manifest["result"]["export_reason"]
@@ -91,12 +90,7 @@ def test_auto_interpolation_scales_b_and_records_its_trials(tiny_model_dir, qa_f
     assert [t["flags"] for t in record["trials"]] == [{"capitals_free": "warn"}] * 2 + [{}][:n]
     assert scale == (0.6 if n == 3 else 1.0)  # 0.8 (and 0.6) kept 70 % of the eval-loss gain, or the gain is gone
     assert result.guard.get("scale", 1.0) == scale and result.manifest["result"]["guard_verdict"] in ("pass", "warn")
-    step = result.exported_step
-    saved = load_file(str(result.run_dir / "checkpoints" / f"step-{step:06d}" / "weights.safetensors"))
-    exported = load_file(str(result.output / "adapter_model.safetensors"))
-    for key, tensor in _by_suffix(exported, saved).items():
-        expected = saved[key] * scale if "lora_B" in key else saved[key]
-        assert torch.allclose(tensor, expected), key
+    _exported_is(result, result.exported_step, scale)
 
 
 @pytest.mark.parametrize(("at_08", "expected"), [("warn", 1.0), ("pass", 0.8)])
@@ -105,18 +99,9 @@ def test_a_teacher_forced_warn_alone_moves_one_step_at_most(tiny_model_dir, qa_f
     result, guard = _run(qa_file, tiny_model_dir, tmp_path / "run", ["warn"] * 3 + [at_08], interpolate="auto")
     record = result.manifest["result"]["interpolation"]
     assert [t["scale"] for t in record["trials"]] == [1.0, 0.8] and guard.calls == 4  # never 0.6
-    kept = wise.kept(wise.Trial(**record["trials"][1]), _base_loss(result), record["trials"][0]["eval_loss"])
+    kept = wise.kept(wise.Trial(**record["trials"][1]), _losses(result)[0], record["trials"][0]["eval_loss"])
     assert record["scale"] == (expected if kept >= wise.MIN_KEPT else 1.0)
-    step = result.exported_step
-    saved = load_file(str(result.run_dir / "checkpoints" / f"step-{step:06d}" / "weights.safetensors"))
-    exported = load_file(str(result.output / "adapter_model.safetensors"))
-    for key, tensor in _by_suffix(exported, saved).items():
-        assert torch.allclose(tensor, saved[key] * record["scale"] if "lora_B" in key else saved[key]), key
-
-
-def _base_loss(result) -> float:
-    return next(json.loads(r)["eval_loss"] for r in result.run_dir.joinpath("metrics.jsonl").read_text().splitlines()
-                if json.loads(r).get("step") == 0 and "eval_loss" in json.loads(r))
+    _exported_is(result, result.exported_step, record["scale"])
 
 
 def test_scaling_b_is_exactly_the_interpolated_merged_model(tiny_model_dir, tiny_tokenizer):
