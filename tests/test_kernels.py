@@ -77,3 +77,57 @@ def test_fusing_touches_only_rms_norms_and_unfuse_restores(tiny_model_dir):
     assert all(type(m).__name__ == "LlamaRMSNorm" for m in norms)
     kernels.unfuse(norms)
     assert not any("forward" in vars(m) for m in model.modules())
+
+
+def _lora_case(dropout: float, bias: bool):
+    from peft import LoraConfig, get_peft_model
+
+    gen = torch.Generator().manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(24, 40, bias=bias), torch.nn.Linear(40, 24, bias=bias))
+    peft = get_peft_model(net, LoraConfig(r=4, lora_alpha=12, lora_dropout=dropout, target_modules=["0", "1"]))
+    for name, p in peft.named_parameters():
+        if "lora_B" in name:  # B starts at zero; a trained one exercises every gradient
+            p.data = 0.3 * torch.randn(p.shape, generator=gen)
+    return peft, torch.randn(3, 5, 24, generator=gen), torch.randn(3, 5, 24, generator=gen)
+
+
+def _lora_run(peft, x, grad) -> list[torch.Tensor]:
+    x = x.clone().requires_grad_()
+    peft.zero_grad()
+    torch.manual_seed(3)  # the same dropout masks on both paths
+    y = peft(x)
+    y.backward(grad)
+    return [y.detach(), x.grad] + [p.grad.clone() for p in peft.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize(("dropout", "bias"), [(0.0, False), (0.0, True), (0.25, True)])
+def test_fused_lora_matches_peft_forward_and_every_gradient(dropout, bias):
+    peft, x, grad = _lora_case(dropout, bias)
+    plain = _lora_run(peft, x, grad)
+    assert len(kernels.fuse_lora_linears(peft)) == 2
+    fused = _lora_run(peft, x, grad)
+    assert len(plain) == len(fused) == 2 + 4  # output, input gradient, A and B of both layers
+    for a, b in zip(plain, fused, strict=True):  # fp32, summed in another order: ~1e-7 of the largest entry
+        assert a.abs().max() > 0 and _err(b, a.double()) <= 1e-5
+
+
+def test_fused_lora_hands_other_cases_to_peft():
+    """Disabled or merged adapters, two active adapters and autocast take PEFT's own forward."""
+    from peft import LoraConfig
+
+    peft, x, _ = _lora_case(0.0, True)
+    layers = kernels.fuse_lora_linears(peft)
+    with torch.no_grad():
+        fused = peft(x)
+        with peft.disable_adapter():
+            assert torch.equal(peft(x), peft.base_model.model(x))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert peft(x).dtype == torch.bfloat16  # PEFT's path, under autocast as the caller asked
+        peft.merge_adapter()
+        assert torch.allclose(peft(x), fused, atol=1e-5)
+        peft.unmerge_adapter()
+        peft.add_adapter("other", LoraConfig(r=2, lora_alpha=2, target_modules=["0", "1"], init_lora_weights=False))
+        peft.base_model.set_adapter(["default", "other"])
+        both = peft(x)
+        kernels.unfuse(layers)
+        assert torch.equal(both, peft(x)) and not torch.allclose(both, fused)

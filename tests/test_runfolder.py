@@ -52,7 +52,7 @@ def test_run_folder_reads_what_training_wrote(run: RunFolder, base_copy: Path):
     assert [r["step"] for r in run.metrics() if "loss" in r] == [1, 2, 3]
     assert run.data_file("train") is not None and run.output().name == "adapter"
     assert run.manifest()["fast_paths"] == {"mask_free": True, "fused_mlp": True, "head_on_targets": True,
-                                          "fused_rms_norm": True}
+                                          "fused_rms_norm": True, "fused_lora": True}
 
 
 def test_a_base_is_resolved_by_its_recorded_path_not_the_current_folder(run: RunFolder, monkeypatch, tmp_path):

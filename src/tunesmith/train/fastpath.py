@@ -6,11 +6,13 @@ is not plain SwiGLU, a norm that is not RMSNorm):
 - `mask_free`: right-padded rows without an attention mask, so SDPA takes its fused causal kernel;
 - `fused_mlp`: silu(gate) * up with SiLU recomputed in backward (tunesmith.train.kernels);
 - `fused_rms_norm`: RMSNorm keeping only its input and one rsqrt per token (tunesmith.train.kernels);
+- `fused_lora`: a LoRA layer's W x + s B A x as one addmm, one input gradient (tunesmith.train.kernels);
 - `head_on_targets`: the LM head only on supervised rows, fused with the cross-entropy.
 Each is compared with the plain path on a small probe batch (two rows of different lengths): logits on
 real tokens, and for the swapped-in layers also the gradients of the first decoder layer's trainable
 weights. The swaps are checked together; if they disagree, one at a time, and only those that agree stay.
-The result goes to the log and the run manifest.
+The result goes to the log and the run manifest (a swap with nothing to swap, such as `fused_lora` in a full
+fine-tune, is not listed).
 """
 
 from __future__ import annotations
@@ -41,7 +43,13 @@ def _fuse_norms(model: torch.nn.Module) -> Undo | None:
     return (lambda: kernels.unfuse(modules)) if modules else None
 
 
-SWAPS: dict[str, Callable[[torch.nn.Module], Undo | None]] = {"fused_mlp": _fuse_mlp, "fused_rms_norm": _fuse_norms}
+def _fuse_lora(model: torch.nn.Module) -> Undo | None:
+    modules = kernels.fuse_lora_linears(model)
+    return (lambda: kernels.unfuse(modules)) if modules else None
+
+
+SWAPS: dict[str, Callable[[torch.nn.Module], Undo | None]] = {"fused_mlp": _fuse_mlp, "fused_rms_norm": _fuse_norms,
+                                                              "fused_lora": _fuse_lora}
 
 
 def _probe(examples: Sequence[Encoded], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -127,25 +135,27 @@ def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_i
         ok, diff = probe.mask_free()
         loss_fn.mask_free = _report("mask_free", ok, diff)
         probe.plain_grads()
-        swaps = _swap_checked(model, probe)
+        swaps, tried = _swap_checked(model, probe)
         with torch.no_grad():
             loss_fn.head_on_targets_only = _report("head_on_targets",
                                                    loss_fn.head_matches(probe.ids, probe.mask, probe.tol), 0.0)
     finally:
         model.train(was_training)
         model.zero_grad(set_to_none=True)
-    return {"mask_free": loss_fn.mask_free, **{n: n in swaps for n in SWAPS},
+    return {"mask_free": loss_fn.mask_free, **{n: n in swaps for n in tried},
             "head_on_targets": loss_fn.head_on_targets_only}
 
 
-def _swap_checked(model: torch.nn.Module, probe: _Probe) -> dict[str, Undo]:
-    """Apply the swaps that agree with the plain path; return them with their undo."""
+def _swap_checked(model: torch.nn.Module, probe: _Probe) -> tuple[dict[str, Undo], list[str]]:
+    """Apply the swaps that agree with the plain path; return them with their undo, and every swap that found
+    something to swap in this model."""
     applied = {n: u for n in SWAPS if (u := SWAPS[n](model)) is not None}
+    tried = list(applied)
     ok, diff = probe.agrees()
     if ok or not applied:
         for n in applied:
             _report(n, True, diff)
-        return applied
+        return applied, tried
     for undo in applied.values():
         undo()
     kept: dict[str, Undo] = {}
@@ -161,8 +171,8 @@ def _swap_checked(model: torch.nn.Module, probe: _Probe) -> dict[str, Undo]:
         for name, undo in swaps.items():
             undo()
             _report(name, False, diff)
-        return {}
-    return swaps
+        return {}, tried
+    return swaps, tried
 
 
 def _report(name: str, ok: bool, diff: float) -> bool:

@@ -8,6 +8,11 @@ RMSNorm as transformers writes it (upcast, square, mean, rsqrt, scale, downcast,
 copy of its input and the normalised tensor for backward, and runs some ten elementwise passes forward and
 back. The fused version computes the same forward, op for op, and keeps only its input and one rsqrt per
 token; the backward pass is the closed form below.
+
+A LoRA linear layer as PEFT runs it computes W x, then A x, B (A x), a scaled copy and a sum: three
+(tokens x out) temporaries forward, and in backward a multiply by the scale plus a second input gradient
+(B A's) that autograd adds to W's. The fused version adds s B (A x) into W x in place (one addmm), keeps
+only A x (tokens x r) besides the input, and accumulates both input gradients into one tensor.
 """
 
 from __future__ import annotations
@@ -66,6 +71,58 @@ class _RMSNorm(torch.autograd.Function):
         return d_x, d_w, None
 
 
+class _LoraLinear(torch.autograd.Function):
+    """y = x W^T (+ bias) + s (xd A^T) B^T for a frozen W, where xd is x after LoRA's dropout (x itself at 0).
+
+    With g = dL/dy and gh = s g B (tokens x r): dL/dx = g W (+ gh A when xd is x), dL/dxd = gh A,
+    dL/dA = gh^T xd, dL/dB = s g^T (xd A^T). W's gradient is never formed.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, xd: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
+        xa = xd @ a.t()  # (..., r)
+        out = F.linear(x, weight, bias)
+        out.view(-1, out.shape[-1]).addmm_(xa.reshape(-1, a.shape[0]), b.t(), alpha=scaling)
+        ctx.same, ctx.scaling = xd is x, scaling
+        ctx.save_for_backward(xd, xa, weight, a, b)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        xd, xa, weight, a, b = ctx.saved_tensors
+        need_x, need_xd, need_a, need_b = (ctx.needs_input_grad[i] for i in (0, 1, 4, 5))
+        g = grad.reshape(-1, grad.shape[-1])  # (N, out)
+        gh = (g @ b).mul_(ctx.scaling)  # (N, r)
+        d_x = d_xd = d_a = d_b = None
+        if need_x:
+            d_x = g @ weight  # (N, in)
+            if ctx.same:
+                d_x.addmm_(gh, a)
+            d_x = d_x.view(*grad.shape[:-1], -1)
+        if need_xd and not ctx.same:
+            d_xd = (gh @ a).view(*grad.shape[:-1], -1)
+        if need_a:
+            d_a = gh.t() @ xd.reshape(-1, xd.shape[-1])
+        if need_b:
+            d_b = (g.t() @ xa.reshape(-1, xa.shape[-1])).mul_(ctx.scaling)
+        return d_x, d_xd, None, None, d_a, d_b, None
+
+
+def _lora_forward(self: nn.Module, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+    """PEFT's `lora.Linear.forward` for one plain adapter on a frozen fp32/bf16 base, through `_LoraLinear`;
+    anything else (several or disabled adapters, merged weights, autocast, mixed dtypes) takes PEFT's own."""
+    names = self.active_adapters
+    name = names[0] if len(names) == 1 else None
+    if (args or kwargs or name is None or self.disable_adapters or self.merged or name not in self.lora_A
+            or name in self.lora_variant or torch.is_autocast_enabled(x.device.type)):
+        return type(self).forward(self, x, *args, **kwargs)
+    base, a, b = self.base_layer, self.lora_A[name].weight, self.lora_B[name].weight
+    if not x.dtype == base.weight.dtype == a.dtype == b.dtype:
+        return type(self).forward(self, x, *args, **kwargs)
+    return _LoraLinear.apply(x, self.lora_dropout[name](x), base.weight, base.bias, a, b, self.scaling[name])
+
+
 def _rms_norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return _RMSNorm.apply(x, self.weight, self.variance_epsilon)
 
@@ -104,6 +161,16 @@ def fuse_rms_norms(model: nn.Module) -> list[nn.Module]:
                 and isinstance(getattr(m, "variance_epsilon", None), float))
 
     return _patch(model, rms, _rms_norm_forward)
+
+
+def fuse_lora_linears(model: nn.Module) -> list[nn.Module]:
+    """Use `_LoraLinear` in every PEFT LoRA linear layer over a frozen `nn.Linear`; return them."""
+    def plain(m: nn.Module) -> bool:
+        base = getattr(m, "base_layer", None)
+        return (type(m).__name__ == "Linear" and hasattr(m, "lora_A") and type(base) is nn.Linear
+                and not any(p.requires_grad for p in base.parameters()))
+
+    return _patch(model, plain, _lora_forward)
 
 
 def unfuse(modules: list[nn.Module]) -> None:
