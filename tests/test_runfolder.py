@@ -53,6 +53,7 @@ def test_run_folder_reads_what_training_wrote(run: RunFolder, base_copy: Path):
     assert run.data_file("train") is not None and run.output().name == "adapter"
     assert run.manifest()["fast_paths"] == {"mask_free": True, "fused_mlp": True, "head_on_targets": True,
                                           "fused_rms_norm": True, "fused_lora": True}
+    assert run.manifest()["forward_tokens"] == 768  # forward_tokens: auto, on a CPU
 
 
 def test_a_base_is_resolved_by_its_recorded_path_not_the_current_folder(run: RunFolder, monkeypatch, tmp_path):
@@ -137,7 +138,8 @@ def test_resume_with_a_setting_that_cannot_change_is_one_line(monkeypatch, capsy
     assert err.strip().splitlines() == ["error: --resume continues the run as it was set up; these settings cannot "
                                         "change mid-run: lr (resumable: max-steps, epochs, eval-every, save-every, "
                                         "keep-checkpoints, patience, device, threads, guard-stop, "
-                                        "gradient-checkpointing, report-to, interpolate); start a new run with "
+                                        "gradient-checkpointing, forward-tokens, report-to, interpolate); start a "
+                                        "new run with "
                                         "--out to change "
                                         "them"]
 

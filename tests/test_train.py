@@ -21,8 +21,9 @@ from tunesmith.data.tokenize import encode
 from tunesmith.errors import RunError, TrainingError
 from tunesmith.model.loading import load_model
 from tunesmith.model.lora import add_lora
+from tunesmith.runfolder import RunFolder
 from tunesmith.train.allocator import allocator_env
-from tunesmith.train.batching import collate, epoch_order
+from tunesmith.train.batching import collate, epoch_order, forward_budget, pieces
 from tunesmith.train.fastpath import check_fast_paths
 from tunesmith.train.loss import CompletionLoss
 from tunesmith.train.optim import lr_factor
@@ -94,6 +95,35 @@ def test_epoch_order_is_a_deterministic_permutation():
     assert a == epoch_order(lengths, 3, seed=1, epoch=0)
     assert a != epoch_order(lengths, 3, seed=1, epoch=1)
     assert sorted(i for b in a for i in b) == list(range(10))
+
+
+def test_pieces_keep_every_row_and_fit_the_budget_as_evenly_as_they_can():
+    lengths = [10, 30, 12, 29, 31, 11, 80, 9]
+    assert pieces([0, 1, 2], lengths, 90) == [[0, 1, 2]]  # 3 x 30 fits: the same batch, unsorted
+    assert pieces([0, 1, 2], lengths, None) == [[0, 1, 2]]
+    assert pieces([0, 2, 5, 7, 1, 3], lengths, 48) == [[7, 0, 5, 2], [3], [1]]  # 4 x 12 fits, 2 x 30 does not
+    assert pieces([0, 2, 5, 7, 1, 3], lengths, 60) == [[7, 0, 5, 2], [3, 1]]  # 3 + 3 rows would not fit
+    assert pieces(list(range(8)), [10] * 8, 70) == [[0, 1, 2, 3], [4, 5, 6, 7]]  # evened out, not 7 + 1
+    assert pieces([0, 6, 4], lengths, 40) == [[0], [4], [6]]  # the 80-token row runs alone
+    for budget in (1, 20, 33, 64, 100, 1000):
+        runs = pieces(list(range(8)), lengths, budget)
+        assert sorted(i for r in runs for i in r) == list(range(8))
+        assert all(len(r) == 1 or len(r) * max(lengths[i] for i in r) <= budget for r in runs)
+    assert forward_budget("auto", "cpu") == 768 and forward_budget("auto", "cuda:0") is None
+    assert forward_budget(0, "cpu") is None and forward_budget(100, "cuda") == 100
+
+
+def test_forward_passes_split_to_a_token_budget_train_the_same(tiny_model_dir, qa_file, tmp_path):
+    """Every row in a forward pass of its own (forward_tokens 1) against whole micro-batches of 4."""
+    whole = train(_config(qa_file, tiny_model_dir, tmp_path / "whole", forward_tokens=0, max_steps=4))
+    split = train(_config(qa_file, tiny_model_dir, tmp_path / "split", forward_tokens=1, max_steps=4))
+    a = load_file(str(whole.output / "adapter_model.safetensors"))
+    b = load_file(str(split.output / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # summed in another order: not the same code path
+    losses = [[r["loss"] for r in RunFolder(x.run_dir).metrics() if "loss" in r] for x in (whole, split)]
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5) and len(losses[0]) == 4
+    assert [RunFolder(x.run_dir).manifest()["forward_tokens"] for x in (whole, split)] == [None, 1]
 
 
 def test_schedule_warms_up_then_decays():

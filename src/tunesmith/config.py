@@ -89,6 +89,10 @@ class TrainConfig:
     gradient_checkpointing: bool = setting(
         False, "Recompute each layer's activations in the backward pass: activations shrink to one hidden state "
         "per layer and token, steps take about a third longer", panel="Memory")
+    forward_tokens: Literal["auto"] | int = setting(
+        "auto", "Most padded tokens in one forward pass: a micro-batch above it runs in pieces, with the same "
+        "gradient; auto: 768 on a CPU (where more rows add memory, not speed), no limit on a GPU; 0: no limit",
+        panel="Memory")
     quantize: Quantize = setting(
         "none", "Load the frozen base quantized (LoRA only, needs bitsandbytes): 4bit is NF4 with double "
         "quantization (QLoRA), 8bit is LLM.int8", panel="Memory")
@@ -138,7 +142,7 @@ class TrainConfig:
 # Settings `--resume` may change: how long to train, how often to look, where. Anything else would make the
 # resumed run a different run than the one its checkpoints and data split belong to.
 RESUMABLE = ("max_steps", "epochs", "eval_every", "save_every", "keep_checkpoints", "patience", "device",
-             "threads", "guard_stop", "gradient_checkpointing", "report_to", "interpolate")
+             "threads", "guard_stop", "gradient_checkpointing", "forward_tokens", "report_to", "interpolate")
 
 # Names users bring from other tools, mapped to ours for the "did you mean" hint.
 ALIASES = {
@@ -167,6 +171,7 @@ def _range_problems(c: Any) -> list[str]:
         (lambda: 0 <= c.warmup < 1, "warmup is a share of the steps, in [0, 1)"),
         (lambda: 0 <= c.eval_fraction < 1, "eval_fraction must be in [0, 1)"),
         (lambda: c.replay == "auto" or 0 <= c.replay < 1, "replay must be auto or a share in [0, 1)"),
+        (lambda: c.forward_tokens == "auto" or c.forward_tokens >= 0, "forward_tokens must be auto or >= 0"),
         (lambda: not isinstance(c.interpolate, float) or 0 < c.interpolate <= 1,
          "interpolate must be auto, off or a scale in (0, 1]"),
         (lambda: c.grad_clip >= 0, "grad_clip must be >= 0 (0 disables it)"),
@@ -261,6 +266,8 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+    if annotation is int and isinstance(value, str) and value.strip().isdigit():  # from the command line
+        return int(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if annotation in (int, float, str) and (not isinstance(value, annotation) or isinstance(value, bool)):

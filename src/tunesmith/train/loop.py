@@ -25,7 +25,7 @@ from torch import nn
 from tunesmith.data.tokenize import Encoded
 from tunesmith.errors import TrainingError
 from tunesmith.train import checkpoint
-from tunesmith.train.batching import collate, epoch_order
+from tunesmith.train.batching import collate, epoch_order, pieces
 from tunesmith.train.distributed import Dist, broadcast_flag, gathered, rank_share, sum_over_ranks
 from tunesmith.train.loss import CompletionLoss
 
@@ -72,6 +72,7 @@ class LoopSpec:
     guard: Guard | None = None
     guard_stop: bool = False
     dist: Dist = field(default_factory=Dist)
+    forward_tokens: int | None = None  # most padded tokens per forward pass (tunesmith.train.batching.pieces)
 
     @property
     def micro_per_step(self) -> int:
@@ -133,7 +134,9 @@ def run_loop(
         while state.batch_in_epoch < len(order) and state.step < spec.total_steps and not stop:
             t0 = time.perf_counter()
             micro = order[state.batch_in_epoch : state.batch_in_epoch + spec.micro_per_step]
-            mine = rank_share(micro, d)  # None where an uneven tail leaves this rank short
+            # Forward passes of the step, split to the token budget before they are shared out, so that every
+            # rank still runs as many; None where an uneven tail leaves this rank short.
+            mine = rank_share([p for b in micro for p in pieces(b, lengths, spec.forward_tokens)], d)
             # Targets of the whole step, all ranks: every rank knows the order, so no communication needed.
             step_targets = sum(spec.train[i].targets for b in micro for i in b)
             optimizer.zero_grad(set_to_none=True)

@@ -23,6 +23,7 @@ from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_toke
 from tunesmith.runfolder import MetricsSink, RunFolder
 from tunesmith.train import checkpoint, wise
 from tunesmith.train.allocator import current_allocator, peak_rss_bytes
+from tunesmith.train.batching import forward_budget
 from tunesmith.train.choose import Choice, Scaling, choose_checkpoint, rescue_best, scale_toward_base
 from tunesmith.train.distributed import (
     Dist,
@@ -143,8 +144,9 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     loss_fn = CompletionLoss(model)
     fast_paths = check_fast_paths(loss_fn, data.train, tokenizer.pad_token_id, load_device(s.dist, s.device))
     loss_fn.check_packing(data.train)  # packed examples must not see each other
+    budget = forward_budget(config.forward_tokens, s.device)
     if s.dist.main:
-        s.run.update_manifest(fast_paths=fast_paths)
+        s.run.update_manifest(fast_paths=fast_paths, forward_tokens=budget)
     wrapped = wrap(loss_fn, s.dist, s.device)  # before the optimizer: FSDP replaces the parameters by shards
     guard = extras.guard_factory(tokenizer) if extras.guard_factory and (s.dist.main or s.dist.sharded) else None
     if s.dist.main and (guard is not None or (data.eval and not s.resume)):
@@ -170,7 +172,7 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
         grad_accum=config.grad_accum, total_steps=total, eval_every=config.eval_every,
         save_every=config.save_every, keep_checkpoints=config.keep_checkpoints, grad_clip=config.grad_clip,
         patience=config.patience, seed=config.seed, device=s.device, checkpoints=s.run.checkpoints,
-        log_metrics=sink.write, guard=guard, guard_stop=config.guard_stop, dist=s.dist,
+        log_metrics=sink.write, guard=guard, guard_stop=config.guard_stop, dist=s.dist, forward_tokens=budget,
     )
     state = run_loop(wrapped, optimizer, scheduler, spec, state, hooks)
     optimizer.state.clear()  # AdamW's moments (8 bytes a trainable weight) are not exported: room for the export
