@@ -12,6 +12,7 @@ Modules: `memory` (bytes by part), `speed` (FLOPs, rates, calibration), `fit` (w
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ from tunesmith.plan.memory import (
     required_bytes,
 )
 from tunesmith.plan.speed import calibrate, flops_per_token, flops_rate
+from tunesmith.train.batching import forward_budget
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -124,8 +126,13 @@ def setup_for(config: TrainConfig, arch: Arch, device: str, world: int = 1, data
     targets = tuple(lora_targets(arch, config.lora.target_modules)) if config.method == "lora" else ()
     quant = {"none": "none", "4bit": "nf4", "8bit": "int8"}[config.quantize]
     sharded = config.distributed == "fsdp" and world > 1
-    return Setup(config.method, config.batch_size, seq, per_row, precision, device, config.lora.r, targets,
-                 config.lora.dropout, allocator or training_allocator(), config.grad_accum, quant,  # type: ignore[arg-type]
+    # A micro-batch above the forward_tokens budget runs in passes of fewer rows, and (like accumulation) the
+    # gradients of one pass live through the next.
+    budget = forward_budget(config.forward_tokens, device)
+    rows = min(config.batch_size, max(1, budget // seq)) if budget else config.batch_size
+    passes = config.grad_accum * math.ceil(config.batch_size / rows)
+    return Setup(config.method, rows, seq, per_row, precision, device, config.lora.r, targets,
+                 config.lora.dropout, allocator or training_allocator(), passes, quant,  # type: ignore[arg-type]
                  config.gradient_checkpointing, world, sharded, process_bytes if device == "cpu" else None)
 
 

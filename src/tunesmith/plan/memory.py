@@ -123,7 +123,7 @@ class Setup:
     """One training configuration to cost (`tunesmith.plan.setup_for` derives it from a TrainConfig)."""
 
     method: Method
-    batch_size: int
+    batch_size: int  # rows per forward pass (a micro-batch above the forward_tokens budget runs in several)
     seq_len: int  # padded tokens per row
     targets_per_row: float  # supervised targets per row (LM head positions)
     precision: Precision
@@ -132,7 +132,7 @@ class Setup:
     targets: tuple[str, ...] = ()
     dropout: float = LoraSettings.dropout
     allocator: Allocator = "system"  # CPU malloc of the training process
-    grad_accum: int = 1  # micro-batches per step: above 1, gradients live through the next forward pass
+    grad_accum: int = 1  # forward passes per step: above 1, gradients live through the next one
     quant: Quant = "none"  # storage of the frozen base's linear layers
     checkpointing: bool = False
     world: int = 1  # ranks (each runs its own micro-batch)
