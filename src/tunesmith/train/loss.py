@@ -49,11 +49,15 @@ class _HeadCrossEntropy(torch.autograd.Function):
         for s in range(0, hidden.shape[0], HEAD_CHUNK):
             h, y = hidden[s : s + HEAD_CHUNK], targets[s : s + HEAD_CHUNK]
             logits = (h @ weight.t()).to(acc)  # (n, V)
-            lse = torch.logsumexp(logits, dim=-1)  # (n,)
             rows = torch.arange(len(y), device=y.device)
-            loss += (lse - logits[rows, y]).sum()
+            # In place, in four passes over the chunk: z - max, exp, sum, and (for the gradient) division.
+            top = logits.amax(dim=-1, keepdim=True)  # (n, 1)
+            target = logits[rows, y] - top[:, 0]  # (n,), a copy
+            probs = logits.sub_(top).exp_()  # unnormalised softmax
+            total = probs.sum(dim=-1)  # (n,)
+            loss += (total.log() - target).sum()  # logsumexp(z) - z_y
             if need_h or need_w:
-                grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place: (n, V)
+                grad = probs.div_(total[:, None])  # softmax: (n, V)
                 grad[rows, y] -= 1.0
                 grad = grad.to(weight.dtype)
                 if need_h:
