@@ -393,6 +393,30 @@ def test_ddp_two_processes_match_one_process_with_accumulation(tiny_model_dir, q
     assert tokens[0] == tokens[1]  # the stand-in's tokens are not counted
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_clipping_in_the_step_updates_like_clipping_first(fused):
+    """The loop's clip (inside a fused AdamW's pass, else in place) against clip_grad_norm_ then the step."""
+    from tunesmith.train.loop import _clip
+
+    torch.manual_seed(0)
+    start = [torch.randn(30, 20), torch.randn(20)]
+    grads = [[10 * torch.randn_like(w) for w in start], [1e-3 * torch.randn_like(w) for w in start]]  # clip, not
+    results = []
+    for ours in (False, True):
+        params = [torch.nn.Parameter(w.clone()) for w in start]
+        opt = torch.optim.AdamW(params, lr=0.1, fused=fused)
+        norms = []
+        for step in grads:
+            for p, g in zip(params, step, strict=True):
+                p.grad = g.clone()
+            norms.append(_clip(params, 1.0, opt) if ours else float(torch.nn.utils.clip_grad_norm_(params, 1.0)))
+            opt.step()
+        results.append(([p.detach().clone() for p in params], norms))
+    (ref, ref_norms), (got, got_norms) = results
+    assert got_norms == pytest.approx(ref_norms, rel=1e-6) and got_norms[0] > 1 > got_norms[1]
+    assert all(torch.allclose(a, b, rtol=1e-6, atol=1e-7) for a, b in zip(ref, got, strict=True))
+
+
 def test_the_fused_adamw_on_cpu_updates_like_the_reference_loop() -> None:
     from tunesmith.train.optim import make_optimizer
 

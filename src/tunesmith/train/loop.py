@@ -163,7 +163,7 @@ def run_loop(
                     f"step {state.step + 1}: loss is {loss}; training stopped. Lower the learning rate "
                     f"(--lr) or check the data; resume from the last checkpoint with --resume"
                 )
-            grad_norm = _clip(params, spec.grad_clip)
+            grad_norm = _clip(params, spec.grad_clip, optimizer)
             if not math.isfinite(grad_norm):  # an inf/nan gradient would poison the weights at this step
                 raise TrainingError(
                     f"step {state.step + 1}: gradient norm is {grad_norm} (loss {loss:.4f}); training stopped "
@@ -235,15 +235,26 @@ def _evaluate_and_save(
     return stop
 
 
-def _clip(params: list[nn.Parameter], max_norm: float) -> float:
-    """The global gradient norm, after clipping to `max_norm` (> 0). Under FSDP the gradients are DTensor
-    shards: their norm is a partial one on each rank until `full_tensor` reduces it."""
+def _clip(params: list[nn.Parameter], max_norm: float, optimizer: torch.optim.Optimizer) -> float:
+    """The global gradient norm; when it exceeds `max_norm` (> 0) the step uses the gradients scaled down to it.
+
+    Scaling is one more pass over every gradient, so it runs only when needed, and a fused AdamW does it inside
+    its own pass (its `grad_scale` divides each gradient as it is read; GradScaler uses the same hook). Under
+    FSDP the gradients are DTensor shards: their norm is a partial one on each rank until `full_tensor`
+    reduces it, and they are scaled in place."""
+    optimizer.grad_scale = None  # type: ignore[attr-defined]  # this step's, set below when it clips
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return 0.0
     norm = torch.nn.utils.get_total_norm(grads)
-    if hasattr(norm, "full_tensor"):
+    sharded = hasattr(norm, "full_tensor")
+    if sharded:
         norm = norm.full_tensor()
-    if max_norm > 0:
-        torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-    return float(norm)
+    value = float(norm)
+    if 0 < max_norm < value and math.isfinite(value):
+        scale = (norm + 1e-6) / max_norm  # clip_grads_with_norm_'s coefficient, inverted
+        if optimizer.defaults.get("fused") and not sharded:
+            optimizer.grad_scale = scale.to(torch.float32).reshape(())  # type: ignore[attr-defined]
+        else:
+            torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return value
