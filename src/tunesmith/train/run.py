@@ -97,6 +97,10 @@ def train(config: TrainConfig, *, resume: bool = False, force: bool = False, hoo
         elif d.main:
             run, created = RunFolder.create(config.out, force=force), True
         with contextlib.ExitStack() as closing:
+            # Subnormal floats (below 1.2e-38) computed as zero: 1.4 % faster LoRA steps on the built-in model
+            # (A/B in one process, 3 of 3 rounds), nothing a training step can tell apart. On x86 CPUs only.
+            torch.set_flush_denormal(True)
+            closing.callback(torch.set_flush_denormal, False)
             result = _train(_Session(config, run, device, d, resume, closing), hooks or Hooks(), extras or Extras())
         teardown(d, finished=True)
         return result
