@@ -45,7 +45,8 @@ class _HeadCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(hidden.dtype, torch.float32)  # bf16 logits are reduced in fp32
         loss = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight, dtype=acc) if need_w else None
+        in_place = weight.dtype == acc  # dL/dW accumulates in place (addmm_), no (V, C) temporary per chunk
+        grad_w = (torch.empty_like if in_place else torch.zeros_like)(weight, dtype=acc) if need_w else None
         for s in range(0, hidden.shape[0], HEAD_CHUNK):
             h, y = hidden[s : s + HEAD_CHUNK], targets[s : s + HEAD_CHUNK]
             logits = (h @ weight.t()).to(acc)  # (n, V)
@@ -62,7 +63,9 @@ class _HeadCrossEntropy(torch.autograd.Function):
                 grad = grad.to(weight.dtype)
                 if need_h:
                     grad_h[s : s + HEAD_CHUNK] = grad @ weight
-                if need_w:
+                if need_w and in_place:
+                    grad_w.addmm_(grad.t(), h, beta=float(s > 0))  # beta 0: the empty buffer is only written
+                elif need_w:
                     grad_w += (grad.t() @ h).to(acc)
         ctx.save_for_backward(grad_h, grad_w)
         ctx.weight_dtype = weight.dtype
