@@ -45,7 +45,9 @@ class _HeadCrossEntropy(torch.autograd.Function):
         acc = torch.promote_types(hidden.dtype, torch.float32)  # bf16 logits are reduced in fp32
         loss = torch.zeros((), dtype=acc, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
-        in_place = weight.dtype == acc  # dL/dW accumulates in place (addmm_), no (V, C) temporary per chunk
+        # fp32 outside autocast: dL/dW accumulates in place (addmm_), no (V, C) temporary per chunk. Under autocast
+        # the product stays the bf16 one autocast picks.
+        in_place = hidden.dtype == weight.dtype == acc and not torch.is_autocast_enabled(hidden.device.type)
         grad_w = (torch.empty_like if in_place else torch.zeros_like)(weight, dtype=acc) if need_w else None
         for s in range(0, hidden.shape[0], HEAD_CHUNK):
             h, y = hidden[s : s + HEAD_CHUNK], targets[s : s + HEAD_CHUNK]
