@@ -2,27 +2,33 @@
 
 Every contender runs in its own subprocess of this one invocation (so peak RSS is its own), on the built-in
 SmolLM2-135M, the same data (examples/support.jsonl as chat prompt/completion), batch 8, max length 512,
-completion-only loss, fp32 on CPU. LoRA: r=16, alpha=32, all linear layers. The references use their
-defaults except `bf16=False` (TRL's default bf16 crashes on CPU) and no reporting/saving.
+completion-only loss. LoRA: r=16, alpha=32, all linear layers. The references use their defaults except
+`bf16=False` (TRL's default bf16 refuses a CPU) and no reporting/saving.
 
-Contenders: tunesmith-lora and tunesmith-full (as `tunesmith train` runs them, under mimalloc when installed);
-trl-lora (TRL's defaults); trl-lora-tuned and trl-lora-padfree (TRL by a user who tunes it for this CPU:
-gradient checkpointing off, under mimalloc too; TRL's loss is already its fused chunked LM head), the first
-with `train_sampling_strategy="group_by_length"` so a batch pads little, the second padding-free (each
-batch one row, position ids restarting per example: with `use_cache=False`, as TRL trains, transformers
-builds a block-diagonal SDPA mask from them, so it is exact; TRL needs `max_length=None` for it, which
-truncates nothing here: the longest example has 175 tokens). `lora_vs_tuned_ratio` is against the faster of
-the two. Not `packing`: it fills rows of max_length with several examples, a different step. trainer-full
-(the transformers Trainer, defaults).
+Contenders: tunesmith-lora and tunesmith-full (as `tunesmith train` runs them: `precision auto`, which is bf16
+on a CPU with AMX, else fp32; under mimalloc when installed); trl-lora (TRL's defaults); trl-lora-tuned,
+trl-lora-padfree and trl-lora-bf16 (TRL by a user who tunes it for this CPU: gradient checkpointing off,
+under mimalloc too; TRL's loss is already its fused chunked LM head), the first with
+`train_sampling_strategy="group_by_length"` so a batch pads little, the second padding-free (each batch one
+row, position ids restarting per example: with `use_cache=False`, as TRL trains, transformers builds a
+block-diagonal SDPA mask from them, so it is exact; TRL needs `max_length=None` for it, which truncates
+nothing here: the longest example has 175 tokens), the third the first in bf16 autocast (`bf16=True,
+use_cpu=True`: what a user on an AMX CPU would turn on). `lora_vs_tuned_ratio` is against the fastest of
+the three. Not `packing`: it fills rows of max_length with several examples, a different step.
+trainer-full (the transformers Trainer, defaults) and trainer-full-bf16 (the same with `bf16=True,
+use_cpu=True`); `full_speed_ratio` is against the defaults, `full_vs_bf16_ratio` against the bf16 one.
 
 Measured over steady-state steps (the first `--skip` steps are excluded on every side):
 - tokens/s: real (non-pad) tokens per second of training-step time;
 - peak RSS: the subprocess's maximum resident set size;
-- peak fraction: achieved model FLOP/s over this machine's measured fp32 matmul peak.
+- peak fraction: achieved model FLOP/s over this machine's measured matmul peak in the number format
+  tunesmith-lora trained in (the best of 1024- and 2048-square products); fp32_peak_fraction: over the fp32
+  peak, whatever the format.
 
 Run:  python bench/train_throughput.py [--steps 30] [--skip 3] [--threads N] [--paired] [--only A,B]
 Smoke test (seconds, not figures):  --steps 3 --skip 1 --batch 2 --max-length 64 --threads 1
-Ends with: RESULT lora_speed_ratio=X lora_vs_tuned_ratio=T lora_rss_ratio=Y full_speed_ratio=Z peak_fraction=W,
+Ends with: RESULT lora_speed_ratio=X lora_vs_tuned_ratio=T lora_rss_ratio=Y full_speed_ratio=Z full_vs_bf16_ratio=B
+peak_fraction=W fp32_peak_fraction=F,
 then each contender's tokens/s (NAME_tps) and peak RSS in MiB (NAME_rss_mib).
 """
 
@@ -75,7 +81,8 @@ def run_tunesmith(method: str, a: argparse.Namespace) -> dict:
     times = [r["tokens"] - (recs[i - 1]["tokens"] if i else 0) for i, r in enumerate(recs)]
     durations = [r["elapsed"] - (recs[i - 1]["elapsed"] if i else 0) for i, r in enumerate(recs)]
     return {"tokens_per_s": steady(durations, times, a.skip), "peak_rss": peak_rss(),
-            "targets_share": _targets_share(a.max_length), "loss_last": recs[-1]["loss"]}
+            "targets_share": _targets_share(a.max_length), "loss_last": recs[-1]["loss"],
+            "precision": RunFolder(out).manifest()["precision"]}
 
 
 def _targets_share(max_length: int) -> float:
@@ -131,7 +138,9 @@ class _Clock:
 
 TUNINGS = {"defaults": {},
            "tuned": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length"},
-           "padfree": {"gradient_checkpointing": False, "padding_free": True, "max_length": None}}
+           "padfree": {"gradient_checkpointing": False, "padding_free": True, "max_length": None},
+           "bf16": {"gradient_checkpointing": False, "train_sampling_strategy": "group_by_length", "bf16": True,
+                    "use_cpu": True}}
 
 
 def run_trl_lora(a: argparse.Namespace, tuning: str) -> dict:
@@ -145,9 +154,9 @@ def run_trl_lora(a: argparse.Namespace, tuning: str) -> dict:
 
     path = resolve("smollm2-135m").path
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    settings = {"max_length": a.max_length, **TUNINGS[tuning]}
+    settings = {"max_length": a.max_length, "bf16": False, **TUNINGS[tuning]}
     args = SFTConfig(output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=a.batch,
-                     learning_rate=2e-4, bf16=False, report_to=[], save_strategy="no", logging_steps=1_000,
+                     learning_rate=2e-4, report_to=[], save_strategy="no", logging_steps=1_000,
                      dataloader_num_workers=0, **settings)
     peft_config = LoraConfig(r=R, lora_alpha=ALPHA, lora_dropout=0.0, target_modules="all-linear",
                              task_type="CAUSAL_LM")
@@ -159,7 +168,8 @@ def run_trl_lora(a: argparse.Namespace, tuning: str) -> dict:
     return {"tokens_per_s": steady(clock.times, clock.tokens, a.skip), "peak_rss": peak_rss()}
 
 
-def run_trainer_full(a: argparse.Namespace) -> dict:
+def run_trainer_full(a: argparse.Namespace, bf16: bool = False) -> dict:
+    """The transformers Trainer with its defaults, or with bf16 autocast on the CPU."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments
@@ -175,8 +185,8 @@ def run_trainer_full(a: argparse.Namespace) -> dict:
                              "labels": e.labels} for e in encs])
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     args = TrainingArguments(output_dir=tempfile.mkdtemp(), max_steps=a.steps, per_device_train_batch_size=a.batch,
-                             learning_rate=2e-5, bf16=False, report_to=[], save_strategy="no", logging_steps=1_000,
-                             dataloader_num_workers=0)
+                             learning_rate=2e-5, bf16=bf16, use_cpu=bf16, report_to=[], save_strategy="no",
+                             logging_steps=1_000, dataloader_num_workers=0)
     clock = _Clock()
     collator = clock.collate(DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100))
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator,
@@ -185,20 +195,23 @@ def run_trainer_full(a: argparse.Namespace) -> dict:
     return {"tokens_per_s": steady(clock.times, clock.tokens, a.skip), "peak_rss": peak_rss()}
 
 
-def matmul_peak(seconds: float = 3.0) -> float:
-    """fp32 GFLOP/s of a large square matmul on this machine (best of a few timed repeats)."""
+def matmul_peak(precision: str = "fp32", seconds: float = 3.0) -> float:
+    """FLOP/s of large square matmuls (1024 and 2048) in fp32 or bf16 on this machine: the best of a few timed
+    repeats."""
     import torch
 
-    n = 1024
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t = time.perf_counter()
-        for _ in range(10):
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    best = 0.0
+    for n in (1024, 2048):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        for _ in range(3):
             a @ b
-        best = max(best, 10 * 2 * n**3 / (time.perf_counter() - t))
+        end = time.perf_counter() + seconds / 2
+        while time.perf_counter() < end:
+            t = time.perf_counter()
+            for _ in range(4):
+                a @ b
+            best = max(best, 4 * 2 * n**3 / (time.perf_counter() - t))
     return best
 
 
@@ -223,14 +236,19 @@ WORKERS = {"tunesmith-lora": lambda a: run_tunesmith("lora", a),
            "trl-lora": lambda a: run_trl_lora(a, "defaults"),
            "trl-lora-tuned": lambda a: run_trl_lora(a, "tuned"),
            "trl-lora-padfree": lambda a: run_trl_lora(a, "padfree"),
+           "trl-lora-bf16": lambda a: run_trl_lora(a, "bf16"),
            "tunesmith-full": lambda a: run_tunesmith("full", a),
-           "trainer-full": run_trainer_full}
+           "trainer-full": run_trainer_full,
+           "trainer-full-bf16": lambda a: run_trainer_full(a, bf16=True)}
 PAIRS = (("tunesmith-lora", "trl-lora"), ("tunesmith-lora", "trl-lora-tuned"), ("tunesmith-lora", "trl-lora-padfree"),
-         ("tunesmith-full", "trainer-full"))
-RATIOS = {"lora_speed_ratio": ("trl-lora",), "lora_vs_tuned_ratio": ("trl-lora-tuned", "trl-lora-padfree"),
-          "full_speed_ratio": ("trainer-full",)}  # against the fastest reference present
+         ("tunesmith-lora", "trl-lora-bf16"), ("tunesmith-full", "trainer-full"),
+         ("tunesmith-full", "trainer-full-bf16"))
+RATIOS = {"lora_speed_ratio": ("trl-lora",),
+          "lora_vs_tuned_ratio": ("trl-lora-tuned", "trl-lora-padfree", "trl-lora-bf16"),
+          "full_speed_ratio": ("trainer-full",),
+          "full_vs_bf16_ratio": ("trainer-full-bf16",)}  # against the fastest reference present
 # tunesmith's own allocator, and a tuned user's too
-MIMALLOC = ("tunesmith-lora", "tunesmith-full", "trl-lora-tuned", "trl-lora-padfree")
+MIMALLOC = ("tunesmith-lora", "tunesmith-full", "trl-lora-tuned", "trl-lora-padfree", "trl-lora-bf16")
 
 
 def _start(name: str, a: argparse.Namespace) -> subprocess.Popen:
@@ -302,7 +320,7 @@ def _summary(results: dict[str, dict], pairs: dict[tuple[str, str], tuple[dict, 
 
     out: dict[str, float] = {}
     for key, refs in RATIOS.items():
-        ours_name = "tunesmith-full" if key == "full_speed_ratio" else "tunesmith-lora"
+        ours_name = "tunesmith-full" if key.startswith("full") else "tunesmith-lora"
         present = [r for r in refs if r in results and ours_name in results]
         if not present:
             continue
@@ -313,11 +331,13 @@ def _summary(results: dict[str, dict], pairs: dict[tuple[str, str], tuple[dict, 
             out["lora_rss_ratio"] = ours["peak_rss"] / ref["peak_rss"]
     if "tunesmith-lora" in results:
         torch.set_num_threads(threads)
-        peak = matmul_peak()
         ours = results["tunesmith-lora"]
+        fp32_peak = matmul_peak("fp32")
+        peak = matmul_peak(ours["precision"]) if ours["precision"] != "fp32" else fp32_peak
         achieved = ours["tokens_per_s"] * lora_flops_per_token(ours["targets_share"])
-        out["peak_fraction"] = achieved / peak
-        print(f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s; tunesmith LoRA achieves {achieved / 1e9:.0f} GFLOP/s "
+        out["peak_fraction"], out["fp32_peak_fraction"] = achieved / peak, achieved / fp32_peak
+        print(f"matmul peak {peak / 1e9:.0f} GFLOP/s in {ours['precision']} (fp32 {fp32_peak / 1e9:.0f}); "
+              f"tunesmith LoRA ({ours['precision']}) achieves {achieved / 1e9:.0f} GFLOP/s "
               f"({ours['targets_share']:.0%} of tokens supervised)")
     for name, r in results.items():
         out[f"{name}_tps"] = r["tokens_per_s"]

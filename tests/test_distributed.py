@@ -186,9 +186,10 @@ def test_fsdp_resume_after_sigkill_equals_uninterrupted(lora_runs, tiny_model_di
 def test_fsdp_full_fine_tune_with_checkpointing_two_ranks_match_one_process(tiny_model_dir, qa_file, tmp_path):
     """Full fine-tuning (tied embeddings: the LM head lives in the root unit with them), over an epoch tail,
     with gradient checkpointing on the FSDP side: the recomputed layer forward all-gathers its shards again
-    and gives the same gradients."""
+    and gives the same gradients. In fp32: under bf16 autocast the sharded reductions and the recomputed forward
+    round differently from one process, by more than the 1e-5 that checks the sharding arithmetic."""
     args = ["train", str(qa_file), "--model", str(tiny_model_dir), "--method", "full", "--max-steps", "6",
-            "--eval-every", "3", "--no-guard", *COMMON]
+            "--eval-every", "3", "--no-guard", "--precision", "fp32", *COMMON]
     _finish(_tunesmith([*args, "--distributed", "fsdp", "--gradient-checkpointing", "--out", str(tmp_path / "fsdp")],
                        ranks=2, port=29624))
     _finish(_tunesmith([*args, "--grad-accum", "2", "--out", str(tmp_path / "one")]))

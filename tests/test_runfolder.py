@@ -17,6 +17,7 @@ from tunesmith.model.adapters import load_for_inference, resolve_target
 from tunesmith.model.loading import fingerprint, load_model, resolve
 from tunesmith.model.merge import merge
 from tunesmith.runfolder import RunFolder
+from tunesmith.train.precision import cpu_has_amx
 from tunesmith.train.run import train
 
 QA = [{"prompt": f"What is {i} + 1?", "completion": f"It is {i + 1}."} for i in range(24)]
@@ -51,9 +52,12 @@ def test_run_folder_reads_what_training_wrote(run: RunFolder, base_copy: Path):
     assert run.base().path == str(base_copy.resolve())
     assert [r["step"] for r in run.metrics() if "loss" in r] == [1, 2, 3]
     assert run.data_file("train") is not None and run.output().name == "adapter"
+    bf16 = cpu_has_amx()  # precision: auto is bf16 on a CPU with AMX, and there attention runs in fp32
     assert run.manifest()["fast_paths"] == {"mask_free": True, "fused_mlp": True, "head_on_targets": True,
-                                          "fused_rms_norm": True, "fused_lora": True}
+                                          "fused_rms_norm": True, "fused_lora": True,
+                                          **({"fp32_attention": True} if bf16 else {})}
     assert run.manifest()["forward_tokens"] == 768  # forward_tokens: auto, on a CPU
+    assert run.manifest()["precision"] == ("bf16" if bf16 else "fp32")
 
 
 def test_a_base_is_resolved_by_its_recorded_path_not_the_current_folder(run: RunFolder, monkeypatch, tmp_path):
@@ -138,8 +142,8 @@ def test_resume_with_a_setting_that_cannot_change_is_one_line(monkeypatch, capsy
     assert err.strip().splitlines() == ["error: --resume continues the run as it was set up; these settings cannot "
                                         "change mid-run: lr (resumable: max-steps, epochs, eval-every, save-every, "
                                         "keep-checkpoints, patience, device, threads, guard-stop, "
-                                        "gradient-checkpointing, forward-tokens, report-to, interpolate); start a "
-                                        "new run with "
+                                        "gradient-checkpointing, forward-tokens, precision, report-to, "
+                                        "interpolate); start a new run with "
                                         "--out to change "
                                         "them"]
 

@@ -40,6 +40,7 @@ class Arch:
     qk_norm: bool = False  # per-head RMSNorm on q and k (Qwen3)
     fused_mlp: bool = True  # SiLU-gated MLP: the trainer's fused silu(gate) * up keeps gate and up only
     fused_norm: bool = True  # Llama-style RMSNorm: the trainer's fused one keeps its input and rsqrt only
+    stored_bytes: int | None = None  # bytes a weight takes in the checkpoint (the config's dtype), when known
 
     @classmethod
     def from_config(cls, config: PretrainedConfig) -> Arch:
@@ -60,6 +61,7 @@ class Arch:
             qk_norm=kind == "qwen3",
             fused_mlp=(getattr(config, "hidden_act", None) or getattr(config, "hidden_activation", None)) == "silu",
             fused_norm=not kind.startswith("gemma"),  # Gemma's RMSNorm scales by 1 + w: not the fused one
+            stored_bytes=_dtype_bytes(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)),
         )
 
     @property
@@ -140,3 +142,9 @@ def lora_params(arch: Arch, r: int, targets: Sequence[str]) -> int:
     """Trainable LoRA parameters: A (r x in) and B (out x r) for each adapted layer, in every decoder layer."""
     shapes = arch.linears()
     return arch.layers * sum(r * (shapes[t][0] + shapes[t][1]) for t in targets)
+
+
+def _dtype_bytes(dtype: object) -> int | None:
+    """Bytes per value of a config's dtype ("float32", "bfloat16", torch.float16, ...); None if unknown."""
+    name = str(dtype or "").removeprefix("torch.")
+    return {"float32": 4, "bfloat16": 2, "float16": 2}.get(name)

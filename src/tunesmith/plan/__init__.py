@@ -42,6 +42,7 @@ from tunesmith.plan.memory import (
 )
 from tunesmith.plan.speed import calibrate, flops_per_token, flops_rate
 from tunesmith.train.batching import forward_budget
+from tunesmith.train.precision import resolve as resolve_precision
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -120,7 +121,8 @@ def setup_for(config: TrainConfig, arch: Arch, device: str, world: int = 1, data
               allocator: Allocator | None = None, process_bytes: int | None = None) -> Setup:
     """The costed shape of `config` as `tunesmith train` would run it on `device` with `world` ranks."""
     device = "cuda" if device.startswith("cuda") else "cpu"
-    precision: Precision = "fp32" if device == "cpu" else ("bf16" if config.method == "lora" else "mixed")
+    bf16 = resolve_precision(config.precision, device) == "bf16"
+    precision: Precision = ("bf16" if config.method == "lora" else "mixed") if bf16 else "fp32"
     seq = min(config.max_length, data.longest) if data and data.longest else config.max_length
     per_row = min(seq - 1, data.most_targets) if data else seq - 1
     targets = tuple(lora_targets(arch, config.lora.target_modules)) if config.method == "lora" else ()

@@ -20,7 +20,9 @@ from tunesmith.plan.memory import Setup
 if TYPE_CHECKING:
     from tunesmith.config import TrainConfig
 
-EFFICIENCY = {"cpu": 0.3, "cuda": 0.4}  # share of the matmul rate a training step reaches (CPU: measured)
+# Share of the matmul rate (in the run's number format) a training step reaches; CPU figures measured on the
+# built-in model. bf16 products on an AMX CPU are so fast that the step's other work dominates.
+EFFICIENCY = {("cpu", "fp32"): 0.3, ("cpu", "bf16"): 0.25, ("cuda", "fp32"): 0.4, ("cuda", "bf16"): 0.4}
 QUANT_EFFICIENCY = {"none": 1.0, "nf4": 0.75, "int8": 0.6}  # dequantization per matmul (assumed)
 ASSUMED_CUDA_FLOPS = 150e12  # bf16 matmul rate assumed for a GPU that is not in this machine
 
@@ -36,11 +38,11 @@ def flops_per_token(arch: Arch, s: Setup) -> float:
     return 4 * (body + head) + 6 * lora_params(arch, s.r, s.targets) + attention + recompute
 
 
-def matmul_flops(device: str, seconds: float = 0.2) -> float:
-    """This device's measured matrix-multiply rate (FLOP/s): fp32 on CPU, bf16 on CUDA."""
+def matmul_flops(device: str, precision: str = "fp32", seconds: float = 0.2) -> float:
+    """This device's measured matrix-multiply rate (FLOP/s) in `precision`'s number format."""
     import torch
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.float32 if precision == "fp32" else torch.bfloat16
     n = 1024
     a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b  # warm-up
@@ -62,9 +64,9 @@ def calibrate(config: TrainConfig, ref: Any, arch: Arch, s: Setup, *, steps: int
     import torch
 
     from tunesmith.train.kernels import fuse_gated_mlps
-    from tunesmith.train.loop import autocast
     from tunesmith.train.loss import CompletionLoss
     from tunesmith.train.optim import make_optimizer
+    from tunesmith.train.precision import autocast
     from tunesmith.train.run import build_model
 
     seq = min(s.seq_len, max_tokens) if s.device == "cpu" else s.seq_len
@@ -81,7 +83,7 @@ def calibrate(config: TrainConfig, ref: Any, arch: Arch, s: Setup, *, steps: int
         if k == 1:
             start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        with autocast(s.device):
+        with autocast(s.device, "fp32" if s.precision == "fp32" else "bf16"):
             loss, n = loss_fn(ids, labels)
         (loss / n).backward()
         optimizer.step()
@@ -93,5 +95,10 @@ def calibrate(config: TrainConfig, ref: Any, arch: Arch, s: Setup, *, steps: int
 
 def flops_rate(s: Setup, here: bool) -> tuple[float, str]:
     """FLOP/s a training step of `s` reaches: measured matmul rate (or an assumed GPU) x efficiency."""
-    peak, source = (matmul_flops(s.device), "matmul") if here else (ASSUMED_CUDA_FLOPS, "assumed")
-    return peak * EFFICIENCY[s.device] * QUANT_EFFICIENCY[s.quant], source
+    peak, source = (matmul_flops(s.device, s.precision), "matmul") if here else (ASSUMED_CUDA_FLOPS, "assumed")
+    return peak * efficiency(s), source
+
+
+def efficiency(s: Setup) -> float:
+    """Share of the device's matmul rate a training step of `s` reaches."""
+    return EFFICIENCY[s.device, "fp32" if s.precision == "fp32" else "bf16"] * QUANT_EFFICIENCY[s.quant]

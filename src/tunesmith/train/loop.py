@@ -28,6 +28,7 @@ from tunesmith.train import checkpoint
 from tunesmith.train.batching import collate, epoch_order, pieces
 from tunesmith.train.distributed import Dist, broadcast_flag, gathered, rank_share, sum_over_ranks
 from tunesmith.train.loss import CompletionLoss
+from tunesmith.train.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class LoopSpec:
     guard_stop: bool = False
     dist: Dist = field(default_factory=Dist)
     forward_tokens: int | None = None  # most padded tokens per forward pass (tunesmith.train.batching.pieces)
+    precision: str = "fp32"  # resolved: fp32 or bf16 (tunesmith.train.precision)
 
     @property
     def micro_per_step(self) -> int:
@@ -84,16 +86,9 @@ def steps_per_epoch(n_examples: int, batch_size: int, grad_accum: int, world: in
     return max(1, math.ceil(micro / (grad_accum * world)))
 
 
-def autocast(device: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; fp32 on CPU (bf16 is slower than fp32 on CPUs without AMX)."""
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 @torch.no_grad()
 def eval_loss(loss_fn: CompletionLoss, data: Sequence[Encoded], *, pad_id: int, batch_size: int, device: str,
-              dist: Dist | None = None) -> float:
+              precision: str = "fp32", dist: Dist | None = None) -> float:
     """Mean cross-entropy per supervised target over `data` (dropout off). Every rank must call it: the ranks
     split the batches, each running the same number (a discarded one-row stand-in evens them out)."""
     dist = dist or Dist()
@@ -105,7 +100,7 @@ def eval_loss(loss_fn: CompletionLoss, data: Sequence[Encoded], *, pad_id: int, 
     for start in rank_share(range(0, len(order), batch_size), dist):
         rows = order[start : start + batch_size] if start is not None else order[:1]  # None: a stand-in
         batch = collate([data[i] for i in rows], pad_id).to(device)
-        with autocast(device):
+        with autocast(device, precision):
             loss_sum, count = loss_fn(batch.input_ids, batch.labels, batch.attention_mask, batch.position_ids)
         if start is not None:
             total += float(loss_sum)
@@ -149,7 +144,7 @@ def run_loop(
                     # DDP all-reduces once, on the last micro-batch; FSDP reduce-scatters each one, so that
                     # only this rank's shard of the gradients is ever kept.
                     sync = loss_fn.no_sync()
-                with sync, autocast(spec.device):
+                with sync, autocast(spec.device, spec.precision):
                     loss_sum, _ = loss_fn(batch.input_ids, batch.labels, batch.attention_mask, batch.position_ids)
                     # DDP and FSDP average gradients over ranks; scale so the result is the mean over all targets.
                     (loss_sum * d.world / max(step_targets, 1) * keep).backward()
@@ -202,7 +197,7 @@ def _evaluate_and_save(
     d = spec.dist
     if spec.eval and (state.step % spec.eval_every == 0 or last):
         loss = eval_loss(inner, spec.eval, pad_id=spec.pad_id, batch_size=spec.batch_size, device=spec.device,
-                         dist=d)
+                         precision=spec.precision, dist=d)
         improved = state.best_eval_loss is None or loss < state.best_eval_loss
         if improved:
             state.best_eval_loss, state.best_step, state.evals_since_best = loss, state.step, 0

@@ -21,7 +21,7 @@ from tunesmith.config import TrainConfig, resolve_defaults
 from tunesmith.errors import RunError
 from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_tokenizer, pick_device, resolve
 from tunesmith.runfolder import MetricsSink, RunFolder
-from tunesmith.train import checkpoint, wise
+from tunesmith.train import checkpoint, kernels, wise
 from tunesmith.train.allocator import current_allocator, peak_rss_bytes
 from tunesmith.train.batching import forward_budget
 from tunesmith.train.choose import Choice, Scaling, choose_checkpoint, rescue_best, scale_toward_base
@@ -40,6 +40,8 @@ from tunesmith.train.fastpath import check_fast_paths
 from tunesmith.train.loop import Guard, Hooks, LoopSpec, eval_loss, run_loop, steps_per_epoch
 from tunesmith.train.loss import CompletionLoss
 from tunesmith.train.optim import make_optimizer, make_scheduler
+from tunesmith.train.precision import base_dtype
+from tunesmith.train.precision import resolve as resolve_precision
 from tunesmith.train.prepare import Messages, RunData, prepare
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,11 @@ class _Session:
     dist: Dist
     resume: bool
     closing: contextlib.ExitStack  # what must close with the run, however it ends (the trackers)
+
+    @property
+    def precision(self) -> str:
+        """fp32 or bf16: `config.precision` resolved for this device."""
+        return resolve_precision(self.config.precision, self.device)
 
 
 def train(config: TrainConfig, *, resume: bool = False, force: bool = False, hooks: Hooks | None = None,
@@ -147,10 +154,12 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     model = build_model(config, ref, s.device, load_device(s.dist, s.device))
     loss_fn = CompletionLoss(model)
     fast_paths = check_fast_paths(loss_fn, data.train, tokenizer.pad_token_id, load_device(s.dist, s.device))
+    if s.precision == "bf16" and s.device == "cpu" and kernels.fp32_attention(model):
+        fast_paths["fp32_attention"] = True  # SDPA's bf16 backward is slow on a CPU
     loss_fn.check_packing(data.train)  # packed examples must not see each other
     budget = forward_budget(config.forward_tokens, s.device)
     if s.dist.main:
-        s.run.update_manifest(fast_paths=fast_paths, forward_tokens=budget)
+        s.run.update_manifest(fast_paths=fast_paths, forward_tokens=budget, precision=s.precision)
     wrapped = wrap(loss_fn, s.dist, s.device)  # before the optimizer: FSDP replaces the parameters by shards
     guard = extras.guard_factory(tokenizer) if extras.guard_factory and (s.dist.main or s.dist.sharded) else None
     if s.dist.main and (guard is not None or (data.eval and not s.resume)):
@@ -177,6 +186,7 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
         save_every=config.save_every, keep_checkpoints=config.keep_checkpoints, grad_clip=config.grad_clip,
         patience=config.patience, seed=config.seed, device=s.device, checkpoints=s.run.checkpoints,
         log_metrics=sink.write, guard=guard, guard_stop=config.guard_stop, dist=s.dist, forward_tokens=budget,
+        precision=s.precision,
     )
     state = run_loop(wrapped, optimizer, scheduler, spec, state, hooks)
     optimizer.state.clear()  # AdamW's moments (8 bytes a trainable weight) are not exported: room for the export
@@ -200,7 +210,7 @@ def _scorer(loss_fn: CompletionLoss, data: RunData, guard: Guard, config: TrainC
             pad_id: int) -> Callable[[], wise.Scored]:
     def score() -> wise.Scored:
         loss = eval_loss(loss_fn, data.eval, pad_id=pad_id, batch_size=config.batch_size, device=s.device,
-                         dist=s.dist)
+                         precision=s.precision, dist=s.dist)
         metrics, verdict, flags = guard.check(loss_fn.model)
         return loss, verdict, metrics, flags
 
@@ -255,15 +265,11 @@ def _plan(config: TrainConfig, data: RunData, device: str, world: int) -> dict[s
             "tokens_per_second": plan.tokens_per_second, "speed_source": plan.speed_source}
 
 
-def base_dtype(config: TrainConfig, device: str) -> torch.dtype:
-    """fp32 weights, except a frozen LoRA base on CUDA: bf16 halves its memory and nothing updates it."""
-    return torch.bfloat16 if config.method == "lora" and device.startswith("cuda") else torch.float32
-
-
 def build_model(config: TrainConfig, ref: ModelRef, device: str, load_on: str | None = None) -> torch.nn.Module:
     """The model as training uses it: base (dtype, quantization, checkpointing) plus fresh LoRA adapters, in
     `device`'s dtype; loaded onto `load_on` (FSDP: the host) when given."""
-    model = load_model(ref, device=load_on or device, dtype=base_dtype(config, device),
+    dtype = base_dtype(config.method, resolve_precision(config.precision, device))
+    model = load_model(ref, device=load_on or device, dtype=dtype,
                        allow_pickle=config.allow_pickle, trust_remote_code=config.trust_remote_code,
                        quantize=config.quantize)
     model.config.use_cache = False  # no KV cache while training
@@ -284,7 +290,7 @@ def _log_start(loss_fn: CompletionLoss, data: RunData, baseline: dict[str, float
     record: dict[str, Any] = {"step": 0}
     if data.eval:
         loss = eval_loss(loss_fn, data.eval, pad_id=pad_id, batch_size=config.batch_size, device=s.device,
-                         dist=s.dist)
+                         precision=s.precision, dist=s.dist)
         record.update(eval_loss=round(loss, 6), eval_ppl=round(math.exp(min(loss, 50.0)), 4))
     record.update(baseline)
     sink.write(record)
