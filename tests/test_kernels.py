@@ -131,3 +131,43 @@ def test_fused_lora_hands_other_cases_to_peft():
         both = peft(x)
         kernels.unfuse(layers)
         assert torch.equal(both, peft(x)) and not torch.allclose(both, fused)
+
+
+def test_fused_lora_under_autocast_matches_peft_on_a_bf16_base(monkeypatch):
+    """A bf16 base with fp32 adapters under bf16 autocast, as a bf16 run trains LoRA: the fused layer runs (not
+    PEFT's fallback) and agrees with PEFT to bf16's rounding; the adapters' gradients come back in fp32."""
+    peft, x, grad = _lora_case(0.0, True)
+    for name, p in peft.named_parameters():
+        if "lora_" not in name:
+            p.data = p.data.to(torch.bfloat16)
+    x, grad = x.to(torch.bfloat16), grad.to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = _lora_run(peft, x, grad)
+        kernels.fuse_lora_linears(peft)
+        calls = []
+        apply = kernels._LoraLinear.apply
+        monkeypatch.setattr(kernels._LoraLinear, "apply", lambda *a: calls.append(1) or apply(*a))
+        fused = _lora_run(peft, x, grad)
+    assert len(calls) == 2
+    assert [t.dtype for t in fused[2:]] == [torch.float32] * 4
+    for a, b in zip(plain, fused, strict=True):  # two bf16 computations: ~2^-8 relative each
+        assert a.abs().max() > 0 and _err(b, a.double()) <= 2e-2
+
+
+def test_fp32_attention_is_sdpa_on_upcast_inputs(tiny_model_dir):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    model = load_model(str(tiny_model_dir), dtype=torch.bfloat16)
+    module = model.model.layers[0].self_attn
+    gen = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(2, 4, 9, 16, generator=gen).to(torch.bfloat16) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, _ = kernels._sdpa_fp32(module, q, k, v, None, scaling=0.25)
+    expected, _ = sdpa_attention_forward(module, q.float(), k.float(), v.float(), None, scaling=0.25)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected.to(torch.bfloat16))
+    ids = torch.randint(0, model.config.vocab_size, (2, 12), generator=gen)
+    with torch.no_grad():
+        before = model(input_ids=ids).logits.float()
+        assert kernels.fp32_attention(model) and model.config._attn_implementation == kernels.FP32_SDPA
+        after = model(input_ids=ids).logits.float()
+    assert _err(after, before.double()) <= 2e-2  # the same attention, without bf16's rounding inside it
