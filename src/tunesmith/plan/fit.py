@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from tunesmith.config import TrainConfig
 from tunesmith.model.arch import Arch
 from tunesmith.plan.memory import Setup, gb, required_bytes
-from tunesmith.plan.speed import efficiency, flops_per_token
+from tunesmith.plan.speed import EFFICIENCY, QUANT_EFFICIENCY, flops_per_token
 
 HEADROOM = 0.9  # plan to use at most this share of the memory available
 SetupOf = Callable[[TrainConfig, int], Setup]  # a configuration on N ranks -> what it costs
@@ -119,7 +119,7 @@ def _shorter_rows(arch: Arch, config: TrainConfig, setup_of: SetupOf, usable: fl
 def _time(arch: Arch, s: Setup) -> float:
     """Seconds per token up to a constant: FLOPs over the share of the device's rate this setup reaches."""
     small_batch = min(1.0, 0.5 + 0.5 * s.batch_size * s.seq_len / 2048)  # tiny micro-batches use a device poorly
-    return flops_per_token(arch, s) / (efficiency(s) * small_batch * s.world)
+    return flops_per_token(arch, s) / (EFFICIENCY[s.device] * QUANT_EFFICIENCY[s.quant] * small_batch * s.world)
 
 
 def _halvings(n: int) -> list[int]:
