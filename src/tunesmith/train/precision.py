@@ -18,8 +18,6 @@ from typing import Literal
 
 import torch
 
-Precision = Literal["auto", "fp32", "bf16"]
-
 
 @functools.cache
 def cpu_has_amx() -> bool:
