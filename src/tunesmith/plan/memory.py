@@ -142,9 +142,14 @@ class Setup:
     process_bytes: int | None = None  # CPU: what the training process already holds, when it is measured
 
 
+def _dense_bytes(s: Setup) -> int:
+    """Bytes of a stored (unquantized) weight and of the hidden stream: 2 for a bf16 base, else 4."""
+    return 2 if s.precision in ("half", "bf16") else 4
+
+
 def _weight_bytes(arch: Arch, s: Setup) -> tuple[float, float, float]:
     """(bytes of every weight, of one decoder layer's weights, of the root's own weights) in storage."""
-    dense = 2 if s.precision in ("half", "bf16") else 4
+    dense = _dense_bytes(s)
     linear = {"none": dense, "nf4": NF4_BYTES, "int8": 1.0}[s.quant]
     layer_linear = arch.layer_matmul_params * linear
     if s.quant == "int8":  # an fp32 scale per output row
@@ -181,7 +186,7 @@ def memory(arch: Arch, s: Setup) -> dict[str, int]:
         parts["fsdp_gathered"] = round(2 * layer_weights + root_weights + grads)
     per_layer = sum(t.bytes for t in terms)
     if s.checkpointing:  # each layer keeps its input; one layer at a time is recomputed, and its gradients flow
-        stream = 2 if s.precision in ("half", "bf16") else 4
+        stream = _dense_bytes(s)
         saved = {"activations": tokens * (arch.layers * arch.hidden * stream + 2 * per_layer), "lora_activations": 0}
     else:
         saved = {part: tokens * arch.layers * sum(t.bytes for t in terms if t.part == part)
@@ -235,8 +240,7 @@ def _load_bytes(arch: Arch, s: Setup, parts: dict[str, int]) -> int:
     the memory-mapped checkpoint is read and stays resident while the converted copy is built (the built-in
     model's fp32 file loaded as a bf16 base: 1152 MiB peak, 641 MiB after). Loading without conversion maps
     the file's pages as the weights themselves: nothing beyond them."""
-    dense = 2 if s.precision in ("half", "bf16") else 4
-    if s.device != "cpu" or not arch.stored_bytes or (s.quant == "none" and dense == arch.stored_bytes):
+    if s.device != "cpu" or not arch.stored_bytes or (s.quant == "none" and _dense_bytes(s) == arch.stored_bytes):
         return 0
     return parts["framework"] + arch.parameters * arch.stored_bytes + round(_weight_bytes(arch, s)[0])
 
