@@ -35,6 +35,10 @@ class RunError(TunesmithError):
     """A run folder that is missing, foreign or inconsistent (e.g. resuming the wrong folder)."""
 
 
+class DiskFullError(RunError):
+    """The disk filled up while a run wrote (a checkpoint, its export); what was written before is intact."""
+
+
 class TrainingError(TunesmithError):
     """Training stopped for a reason the user must act on (e.g. a non-finite loss)."""
 

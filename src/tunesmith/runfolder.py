@@ -27,7 +27,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.errors import ModelError, RunError
+from tunesmith.diskspace import free_bytes, out_of_space
+from tunesmith.errors import DiskFullError, ModelError, RunError
 
 if TYPE_CHECKING:
     from tunesmith.config import TrainConfig
@@ -177,15 +178,31 @@ class RunFolder:
                            f"`tunesmith train --resume {self.path}`")
         return out
 
-    def export(self, method: str, save: Callable[[Path], None]) -> tuple[Path, int]:
-        """Write the output folder atomically: `save(tmp)` then rename over the old one. Returns (path, bytes)."""
+    def export(self, method: str, save: Callable[[Path], None], need: int | None = None) -> tuple[Path, int]:
+        """Write the output folder atomically: `save(tmp)` then rename over the old one. Returns (path, bytes).
+
+        `need`: about how many bytes the output takes, to tell a full disk from other failures."""
         out = self.path / OUTPUTS[method]
         tmp = self.path / f".{out.name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        save(tmp)
+        try:
+            save(tmp)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if need is not None and out_of_space(e, self.path, need):
+                raise self._disk_full(out, need) from None
+            raise
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
         return out, sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+
+    def _disk_full(self, out: Path, need: int) -> DiskFullError:
+        from tunesmith.plan.memory import gb
+
+        free = gb(free_bytes(self.path))
+        return DiskFullError(f"{self.path}: the disk is full: no space left to write {out.name}/ ({free} free, it "
+                             f"takes about {gb(need)}); the checkpoints are intact: free some space, then "
+                             f"`tunesmith train --resume {self.path}` writes it without training further")
 
     # -- the base model -------------------------------------------------------------------------------
 

@@ -102,6 +102,8 @@ def _print_plan(p: Plan) -> None:
         t.add_row("  available", gb(p.available_memory_bytes), "free RAM" if p.device == "cpu" else "GPU memory")
     kind = "adapter" if p.method == "lora" else "model"
     t.add_row("[bold]output[/]", gb(p.output_bytes), f"{kind} on disk")
+    t.add_row("[bold]run folder[/]", gb(p.disk_bytes), f"at most {p.disk_bytes // p.checkpoint_bytes} checkpoints "
+              f"of {gb(p.checkpoint_bytes)} (trained weights + optimizer)")
     if p.data is not None:
         d = p.data
         t.add_row("[bold]data[/]", f"{d.tokens:,} tokens", f"{d.examples:,} examples, {d.targets:,} supervised, "

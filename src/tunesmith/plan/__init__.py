@@ -33,6 +33,8 @@ from tunesmith.plan.memory import (
     Allocator,
     Precision,
     Setup,
+    checkpoint_bytes,
+    disk_bytes,
     gb,
     layer_terms,
     memory,
@@ -66,8 +68,10 @@ __all__ = [
     "Precision",
     "Recommendation",
     "Setup",
+    "checkpoint_bytes",
     "command",
     "data_stats",
+    "disk_bytes",
     "estimate",
     "flops_per_token",
     "gb",
@@ -173,6 +177,8 @@ class Plan:
     required_memory_bytes: int  # peak + CUDA context: what must fit
     available_memory_bytes: int | None
     output_bytes: int  # adapter or full model on disk
+    checkpoint_bytes: int  # one checkpoint: the weights that train and the optimizer state
+    disk_bytes: int  # the run folder at its fullest (`keep_checkpoints` + 2 checkpoints)
     flops_per_token: float
     tokens_per_second: float | None
     speed_source: str  # "calibrated" (real steps), "matmul" (measured rate x efficiency) or "assumed"
@@ -217,6 +223,8 @@ def estimate(config: TrainConfig, *, device: str = "cpu", world: int = 1, gpu_me
         target_modules=list(s.targets), parameters=arch.parameters, trainable_parameters=trainable, memory=parts,
         peak_memory_bytes=peak_bytes(arch, s, parts), required_memory_bytes=required_bytes(arch, s),
         available_memory_bytes=budget, output_bytes=output_bytes(arch, config.method, trainable),
+        checkpoint_bytes=checkpoint_bytes(trainable),
+        disk_bytes=disk_bytes(checkpoint_bytes(trainable), config.keep_checkpoints),
         flops_per_token=flops_per_token(arch, timing), tokens_per_second=rate, speed_source=source, data=data,
         data_tokens=tokens, epochs=config.epochs or 1.0,
         seconds_per_epoch=tokens / rate if tokens is not None and rate else None,

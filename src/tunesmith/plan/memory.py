@@ -255,5 +255,16 @@ def output_bytes(arch: Arch, method: Method, trainable: int, weight_bytes: int =
     return trainable * 4 if method == "lora" else arch.parameters * weight_bytes
 
 
+def checkpoint_bytes(trainable: int) -> int:
+    """One checkpoint on disk: the weights that train and AdamW's two moments, all fp32 (12 bytes a weight)."""
+    return trainable * 12
+
+
+def disk_bytes(checkpoint: int, keep: int) -> int:
+    """The run folder at its fullest: the `keep` newest checkpoints, the best one when it is older, and the one
+    being written (the export comes after the last save and is smaller than a checkpoint)."""
+    return (keep + 2) * checkpoint
+
+
 def gb(n: float) -> str:
     return f"{n / GIB:.2f} GiB" if n >= GIB / 10 else f"{n / 1024**2:.1f} MiB"

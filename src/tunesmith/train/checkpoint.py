@@ -28,7 +28,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from tunesmith.errors import RunError
+from tunesmith.diskspace import free_bytes, out_of_space
+from tunesmith.errors import DiskFullError, RunError
 from tunesmith.train.distributed import Dist, barrier
 
 WEIGHTS = "weights.safetensors"
@@ -99,8 +100,22 @@ def save(
 
     With `dist.mode == "fsdp"` every rank must call it (a sharded checkpoint); otherwise rank 0 alone."""
     pointers = ("latest", *(["best"] if best else []), *(["guarded"] if guarded else []))
-    if dist is not None and dist.mode == "fsdp":
-        return _save_sharded(folder, model, optimizer, scheduler, state, pointers, dist)
+    try:
+        if dist is not None and dist.mode == "fsdp":
+            return _save_sharded(folder, model, optimizer, scheduler, state, pointers, dist)
+        return _save_whole(folder, model, optimizer, scheduler, state, pointers)
+    except BaseException as e:
+        if dist is None or dist.main:  # the partial folder goes, so the space it took comes back
+            for partial in folder.glob(f".step-{state.step:06d}*"):
+                shutil.rmtree(partial, ignore_errors=True)
+        need = checkpoint_bytes(model)
+        if out_of_space(e, folder, need):
+            raise _disk_full(folder, state.step, need) from None
+        raise
+
+
+def _save_whole(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, state: TrainState,
+                pointers: tuple[str, ...]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder))
@@ -109,6 +124,29 @@ def save(
                tmp / TRAINER)
     _fsync(tmp / WEIGHTS, tmp / TRAINER)
     return _publish(folder, tmp, state, pointers)
+
+
+def trainable_bytes(model: nn.Module) -> int:
+    """Bytes of the weights that train (what an export holds: the adapter, or the whole model)."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+def checkpoint_bytes(model: nn.Module) -> int:
+    """About what one checkpoint takes on disk: the weights that train and AdamW's two moments."""
+    return 3 * trainable_bytes(model)
+
+
+def _disk_full(folder: Path, step: int, need: int) -> DiskFullError:
+    from tunesmith.plan.memory import gb
+
+    run = folder.parent
+    latest = pointed(folder, "latest")
+    then = (f"the last complete checkpoint (step {read_state(latest).step}) is intact: free some space, then "
+            f"continue with `tunesmith train --resume {run}`" if latest is not None else
+            "no checkpoint was written yet: free some space, or give `--out` a folder on a larger disk, and start "
+            "again")
+    return DiskFullError(f"{run}: the disk is full: no space left to write the checkpoint of step {step} "
+                         f"({gb(free_bytes(folder))} free, a checkpoint takes about {gb(need)}); {then}")
 
 
 def _publish(folder: Path, tmp: Path, state: TrainState, pointers: tuple[str, ...]) -> Path:

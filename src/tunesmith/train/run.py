@@ -18,7 +18,8 @@ import torch
 
 from tunesmith import __version__, track
 from tunesmith.config import TrainConfig, resolve_defaults
-from tunesmith.errors import RunError
+from tunesmith.diskspace import folder_bytes, free_bytes
+from tunesmith.errors import DiskFullError, RunError
 from tunesmith.model.loading import ModelRef, fingerprint, load_model, load_tokenizer, pick_device, resolve
 from tunesmith.runfolder import MetricsSink, RunFolder
 from tunesmith.train import checkpoint, kernels, wise
@@ -27,6 +28,7 @@ from tunesmith.train.batching import forward_budget
 from tunesmith.train.choose import Choice, Scaling, choose_checkpoint, rescue_best, scale_toward_base
 from tunesmith.train.distributed import (
     Dist,
+    broadcast_flag,
     device_for,
     full_state_dict,
     gather,
@@ -142,6 +144,7 @@ def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     manifest = {**_manifest(config, ref, data, tokenizer), **extras.record}
     manifest["schedule"] = {"steps_per_epoch": spe, "total_steps": total}
     manifest["plan"] = _plan(config, data, s.device, s.dist.world)
+    _check_disk(s, manifest["plan"])
     if s.dist.main:
         if s.resume:
             _check_same_run(s.run, manifest)
@@ -262,7 +265,30 @@ def _plan(config: TrainConfig, data: RunData, device: str, world: int) -> dict[s
         log.warning("no resource estimate for this run: %s", e)
         return {"error": str(e)}
     return {"peak_memory_bytes": plan.peak_memory_bytes, "seconds_per_epoch": plan.seconds_per_epoch,
-            "tokens_per_second": plan.tokens_per_second, "speed_source": plan.speed_source}
+            "tokens_per_second": plan.tokens_per_second, "speed_source": plan.speed_source,
+            "checkpoint_bytes": plan.checkpoint_bytes, "output_bytes": plan.output_bytes, "disk_bytes": plan.disk_bytes}
+
+
+def _check_disk(s: _Session, plan: dict[str, Any]) -> None:
+    """Refuse to start when the disk cannot hold one more checkpoint and the export; warn when it cannot hold
+    the run folder at its fullest. Rank 0 decides for all (they share the folder)."""
+    from tunesmith.plan import gb
+
+    need, fullest = plan.get("checkpoint_bytes"), plan.get("disk_bytes")
+    if not need or not fullest:  # no estimate for this model
+        return
+    need += plan.get("output_bytes") or 0
+    free = free_bytes(s.run.path)
+    if not broadcast_flag(s.dist, free >= need):
+        raise DiskFullError(f"{s.run.path}: not enough disk space to train: {gb(free)} free, and the run needs at "
+                            f"least {gb(need)} (a checkpoint, {gb(plan['checkpoint_bytes'])}, and the export); free "
+                            "some space, or give `--out` a folder on a larger disk")
+    fullest -= folder_bytes(s.run.checkpoints)  # a resumed run's checkpoints are on the disk already
+    if s.dist.main and free < fullest:
+        log.warning("the disk may fill up: %s free where the run writes, and its folder may take %s more at its "
+                    "fullest (%d checkpoints of %s); a run that fills the disk stops with its last checkpoint intact "
+                    "and resumes with --resume; --keep-checkpoints 1, or --out on a larger disk, needs less",
+                    gb(free), gb(fullest), s.config.keep_checkpoints + 2, gb(plan["checkpoint_bytes"]))
 
 
 def build_model(config: TrainConfig, ref: ModelRef, device: str, load_on: str | None = None) -> torch.nn.Module:
@@ -324,12 +350,13 @@ def _finish(s: _Session, config: TrainConfig, model: torch.nn.Module, tokenizer:
         if config.method == "full":
             tokenizer.save_pretrained(folder)
 
-    out, size = s.run.export(config.method, save)
+    out, size = s.run.export(config.method, save, need=checkpoint.trainable_bytes(model))
     result: dict[str, Any] = {
         "steps": state.step, "exported_step": exported, "best_eval_loss": state.best_eval_loss,
         "output_bytes": size, "train_seconds": round(state.elapsed, 2), "tokens": state.tokens,
         "tokens_per_s": round(state.tokens / max(state.elapsed, 1e-9), 1),
         "peak_rss_bytes": peak_rss[0], "allocator": current_allocator(),
+        "checkpoint_bytes": folder_bytes(latest) if (latest := s.run.checkpoint("latest")) else None,
     }
     if s.dist.enabled:
         result.update(processes=s.dist.world, distributed=s.dist.mode, peak_rss_bytes_per_rank=peak_rss)
@@ -410,11 +437,13 @@ def _guard_records(run: RunFolder, exported: int, scaling: Scaling) -> dict[str,
 
 
 def _compare(plan: dict[str, Any], result: dict[str, Any], state: checkpoint.TrainState) -> dict[str, Any]:
-    """Planner estimate / measured, for peak memory and training speed."""
+    """Planner estimate / measured, for peak memory, training speed and the size of a checkpoint."""
     measured_mem = result.get("peak_cuda_bytes") or result["peak_rss_bytes"]
     out: dict[str, Any] = {}
     if plan.get("peak_memory_bytes"):
         out["peak_memory_ratio"] = round(plan["peak_memory_bytes"] / measured_mem, 3)
     if plan.get("tokens_per_second") and state.elapsed:
         out["tokens_per_second_ratio"] = round(plan["tokens_per_second"] / result["tokens_per_s"], 3)
+    if plan.get("checkpoint_bytes") and result.get("checkpoint_bytes"):
+        out["checkpoint_bytes_ratio"] = round(plan["checkpoint_bytes"] / result["checkpoint_bytes"], 3)
     return out
