@@ -222,7 +222,11 @@ def load_model(
             f"{ref.path}: no .safetensors weights. Pickled weights can run code when loaded; "
             "convert them, or pass --allow-pickle if you trust the source"
         )
-    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32, "trust_remote_code": trust_remote_code}
+    # use_kernels=False: transformers 5 otherwise swaps layers for kernels from the Hugging Face Hub whenever the
+    # `kernels` package is installed (it is one of its dependencies), that is code fetched and run without the
+    # user asking; and every train()/eval() then re-applies them, undoing the fast paths training checked.
+    kwargs: dict[str, Any] = {"dtype": dtype or torch.float32, "trust_remote_code": trust_remote_code,
+                              "use_kernels": False}
     if not allow_pickle:
         kwargs["use_safetensors"] = True
     if quantize != "none":
