@@ -123,3 +123,37 @@ def test_non_finite_gradient_norm_stops_before_the_update(tiny_model_dir, tmp_pa
     with pytest.raises(TrainingError, match=r"^step 3: gradient norm is (inf|nan) \(loss \d"):
         train(cfg)
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step-000002"
+
+
+def test_the_planners_timing_model_runs_the_same_paths_as_training(tiny_model_dir, tiny_tokenizer, monkeypatch):
+    """`tunesmith plan` calibrates speed on a model with every shortcut on (unprobed): the same forwards, in the
+    same modules, as the model training checked, LoRA included, and fp32 attention under bf16."""
+    from tunesmith.config import LoraSettings
+    from tunesmith.model.lora import add_lora
+    from tunesmith.train.fastpath import switch_on_unchecked
+
+    def patched(model: torch.nn.Module) -> list[str]:  # modules whose forward a fast path replaced
+        return [n for n, m in model.named_modules() if "forward" in vars(m)]
+
+    trained, timed = (add_lora(load_model(str(tiny_model_dir)), LoraSettings()) for _ in range(2))
+    _, paths = _check(trained, tiny_tokenizer)
+    timing = CompletionLoss(timed)
+    switch_on_unchecked(timing, "fp32")
+    assert paths == {**ALL_ON, "fused_lora": True}
+    assert patched(timed) == patched(trained) != []
+    assert (timing.mask_free, timing.head_on_targets_only) == (True, True)
+    assert timed.config._attn_implementation == "sdpa"
+    switch_on_unchecked(CompletionLoss(timed), "bf16")
+    assert timed.config._attn_implementation == kernels.FP32_SDPA
+
+
+def test_fast_paths_survive_train_and_eval(tiny_model_dir, tiny_tokenizer):
+    """Models load without transformers' hub kernels (on by default when the `kernels` package is installed):
+    those would be fetched from the hub unasked, and each train()/eval() re-applied them over the fast paths."""
+    model = load_model(str(tiny_model_dir))
+    assert not model.use_kernels
+    _check(model, tiny_tokenizer)
+    norms = [m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
+    for mode in (True, False, True):
+        model.train(mode)
+        assert norms and all("forward" in vars(m) for m in norms)

@@ -50,7 +50,8 @@ def main() -> None:
     # bitsandbytes (imported by peft) looks for optional CPU kernels on the hub and warns when there are none;
     # its own kernels work, so there is nothing for the user to act on.
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
-    if sys.argv[1:2] in (["train"], ["run"]):
+    calibrating = sys.argv[1:2] == ["plan"] and "--no-calibrate" not in sys.argv  # times real training steps
+    if sys.argv[1:2] in (["train"], ["run"]) or calibrating:
         from tunesmith.train.allocator import reexec_under_mimalloc
 
         reexec_under_mimalloc(sys.argv[1:])

@@ -55,42 +55,59 @@ def matmul_flops(device: str, precision: str = "fp32", seconds: float = 0.2) -> 
     return 2 * n**3 * done / elapsed
 
 
-def calibrate(config: TrainConfig, ref: Any, arch: Arch, s: Setup, *, steps: int = 2, max_tokens: int = 256) -> float:
-    """Tokens per second of real training steps, with the model built exactly as `tunesmith train` builds it.
+def calibrate(config: TrainConfig, ref: Any, arch: Arch, s: Setup, *, warmup: int = 2, rounds: int = 2) -> float:
+    """Tokens per second of real training, with the model built and sped up as `tunesmith train` does.
 
-    On CPU the batch is capped at `max_tokens` so it takes seconds; the rate is scaled to the planned shape
-    with the FLOPs model. One warm-up step is not timed.
+    Times forward + backward passes of the trainer's own size on CPU (`forward_tokens`, 768 by default, so it
+    takes seconds; the whole micro-batch on a GPU) and, apart, the optimizer step, which a real step pays once
+    for `batch_size` x `grad_accum` rows (for a full fine-tune it is a large share). The pass rate is scaled
+    to the planned shape with the FLOPs model. The first `warmup` rounds are not timed: on a CPU the second
+    pass is still 2-3x slower than the ones after it (AdamW's moments, autocast's copies, fresh pages).
     """
     import torch
 
-    from tunesmith.train.kernels import fuse_gated_mlps
+    from tunesmith.train.batching import forward_budget
+    from tunesmith.train.fastpath import switch_on_unchecked
     from tunesmith.train.loss import CompletionLoss
     from tunesmith.train.optim import make_optimizer
     from tunesmith.train.precision import autocast
     from tunesmith.train.run import build_model
 
-    seq = min(s.seq_len, max_tokens) if s.device == "cpu" else s.seq_len
-    batch = max(1, min(s.batch_size, max_tokens // seq)) if s.device == "cpu" else s.batch_size
+    budget = forward_budget(config.forward_tokens, s.device)
+    seq = min(s.seq_len, budget) if budget else s.seq_len
+    batch = max(1, min(s.batch_size, budget // seq)) if budget else s.batch_size
     net = build_model(config, ref, s.device)
-    fuse_gated_mlps(net)
     loss_fn, optimizer = CompletionLoss(net), make_optimizer(net, 1e-5, 0.0, s.device)
+    precision = "fp32" if s.precision == "fp32" else "bf16"  # the planner's "mixed" is full fine-tuning in bf16
+    switch_on_unchecked(loss_fn, precision)
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, net.config.vocab_size, (batch, seq), generator=gen).to(s.device)
     labels = ids.clone()
     labels[:, : seq - max(1, round(s.targets_per_row * seq / s.seq_len))] = -100  # supervise the tail
     net.train()
-    for k in range(steps + 1):
-        if k == 1:
-            start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with autocast(s.device, "fp32" if s.precision == "fp32" else "bf16"):
+
+    def timed(work: Any) -> float:
+        start = time.perf_counter()
+        work()
+        if s.device.startswith("cuda"):
+            torch.cuda.synchronize()  # wait for the GPU before reading the clock
+        return time.perf_counter() - start
+
+    def forward_backward() -> None:
+        with autocast(s.device, precision):
             loss, n = loss_fn(ids, labels)
         (loss / n).backward()
-        optimizer.step()
-    loss.item()  # waits for the device
-    rate = batch * seq * steps / (time.perf_counter() - start)
+
+    pass_seconds = step_seconds = 0.0
+    for k in range(warmup + rounds):  # as training does: passes, the optimizer step, gradients freed
+        fb, step = timed(forward_backward), timed(optimizer.step)
+        optimizer.zero_grad(set_to_none=True)
+        if k >= warmup:
+            pass_seconds, step_seconds = pass_seconds + fb / rounds, step_seconds + step / rounds
     short = dataclasses.replace(s, seq_len=seq, targets_per_row=s.targets_per_row * seq / s.seq_len)
-    return rate * flops_per_token(arch, short) / flops_per_token(arch, s)
+    pass_rate = batch * seq / pass_seconds * flops_per_token(arch, short) / flops_per_token(arch, s)
+    step_tokens = s.batch_size * config.grad_accum * s.seq_len
+    return step_tokens / (step_tokens / pass_rate + step_seconds)
 
 
 def flops_rate(s: Setup, here: bool) -> tuple[float, str]:

@@ -149,6 +149,17 @@ def check_fast_paths(loss_fn: CompletionLoss, examples: Sequence[Encoded], pad_i
             "head_on_targets": loss_fn.head_on_targets_only}
 
 
+def switch_on_unchecked(loss_fn: CompletionLoss, precision: str) -> None:
+    """Every shortcut `tunesmith train` switches on where its probe passes, without the probe, and fp32
+    attention under bf16 on a CPU: a model that runs as fast as training's, for timing it (the planner's
+    calibration), never to train."""
+    for swap in SWAPS.values():
+        swap(loss_fn.model)
+    loss_fn.mask_free = loss_fn.head_on_targets_only = True
+    if precision == "bf16":
+        kernels.fp32_attention(loss_fn.model)  # a no-op on a GPU
+
+
 def _swap_checked(model: torch.nn.Module, probe: _Probe) -> tuple[dict[str, Undo], list[str]]:
     """Apply the swaps that agree with the plain path; return them with their undo, and every swap that found
     something to swap in this model."""
