@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -82,3 +84,18 @@ def test_a_bf16_run_trains_and_exports_fp32_weights(tiny_model_dir, qa_file, tmp
     assert evals["bf16"][-1] == pytest.approx(evals["fp32"][-1], rel=0.02)  # as well as fp32 (measured: 0.2 %)
     weights = runs["bf16"].output / ("adapter_model.safetensors" if method == "lora" else "model.safetensors")
     assert {t.dtype for t in load_file(str(weights)).values()} == {torch.float32}
+
+
+def test_oneDNN_keeps_few_compiled_kernels_under_bf16_on_a_cpu(monkeypatch):
+    from tunesmith.train.precision import ONEDNN_CACHE_CAPACITY, bound_kernel_cache
+
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "")  # so that the test's own setting is undone after it
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY")
+    bound_kernel_cache("cpu", "fp32")
+    bound_kernel_cache("cuda", "bf16")
+    assert "ONEDNN_PRIMITIVE_CACHE_CAPACITY" not in os.environ
+    bound_kernel_cache("cpu", "bf16")
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == ONEDNN_CACHE_CAPACITY
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")  # the user's own setting stays
+    bound_kernel_cache("cpu", "bf16")
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"

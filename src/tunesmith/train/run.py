@@ -42,7 +42,7 @@ from tunesmith.train.fastpath import check_fast_paths
 from tunesmith.train.loop import Guard, Hooks, LoopSpec, eval_loss, run_loop, steps_per_epoch
 from tunesmith.train.loss import CompletionLoss
 from tunesmith.train.optim import make_optimizer, make_scheduler
-from tunesmith.train.precision import base_dtype
+from tunesmith.train.precision import base_dtype, bound_kernel_cache
 from tunesmith.train.precision import resolve as resolve_precision
 from tunesmith.train.prepare import Messages, RunData, prepare
 
@@ -135,6 +135,7 @@ def _refuse_finished(run: RunFolder, config: TrainConfig) -> None:
 
 def _train(s: _Session, hooks: Hooks, extras: Extras) -> RunResult:
     config = s.config
+    bound_kernel_cache(s.device, s.precision)  # before the first bf16 product (the planner's matmul rate)
     ref = s.run.base() if s.resume else resolve(config.model)  # a resumed run finds its base by identity
     tokenizer = load_tokenizer(ref, trust_remote_code=config.trust_remote_code)
     data = prepare(config, tokenizer, extras.replay)
