@@ -141,7 +141,7 @@ def _convert_gguf(name: str, target: Path) -> None:
              name, target)
     folder, file = str(source.parent), source.name
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32, use_kernels=False)
     # transformers marks GGUF-loaded models as quantized; rebuild a plain model from the config.
     config = AutoConfig.from_pretrained(folder, gguf_file=file)
     if hasattr(config, "quantization_config"):
