@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunesmith.diskspace import free_bytes, out_of_space
+from tunesmith.diskspace import folder_bytes, free_bytes, out_of_space
 from tunesmith.errors import DiskFullError, ModelError, RunError
 
 if TYPE_CHECKING:
@@ -194,7 +194,7 @@ class RunFolder:
             raise
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
-        return out, sum(f.stat().st_size for f in out.iterdir() if f.is_file())
+        return out, folder_bytes(out)
 
     def _disk_full(self, out: Path, need: int) -> DiskFullError:
         from tunesmith.plan.memory import gb

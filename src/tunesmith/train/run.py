@@ -289,7 +289,8 @@ def _check_disk(s: _Session, plan: dict[str, Any]) -> None:
         log.warning("the disk may fill up: %s free where the run writes, and its folder may take %s more at its "
                     "fullest (%d checkpoints of %s); a run that fills the disk stops with its last checkpoint intact "
                     "and resumes with --resume; --keep-checkpoints 1, or --out on a larger disk, needs less",
-                    gb(free), gb(fullest), s.config.keep_checkpoints + 2, gb(plan["checkpoint_bytes"]))
+                    gb(free), gb(fullest), plan["disk_bytes"] // plan["checkpoint_bytes"],
+                    gb(plan["checkpoint_bytes"]))
 
 
 def build_model(config: TrainConfig, ref: ModelRef, device: str, load_on: str | None = None) -> torch.nn.Module:
